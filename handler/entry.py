@@ -1,0 +1,47 @@
+"""The MMS entry point, in the function form: ``handle(data, context)``.
+
+MMS calls ``handle(None, context)`` once when a worker loads its model. In the
+function form an exception there fails LoadModel (the class form would log it
+and answer 200, leaving a model that fails on every request). MMS itself only
+answers "Failed to start workers", so the reason is also written to a load
+report that ``torch-mme serve`` returns to the client; out-of-memory is
+re-raised as ``MemoryError``, which MMS answers with 507.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from handler import load_report
+from handler.errors import HandlerError, ModelLoadError, OutOfMemory, is_out_of_memory
+from handler.service import PyTorchHandler
+from handler.settings import Settings
+
+log = logging.getLogger("handler")
+_service = PyTorchHandler()
+
+
+def handle(data: list[dict] | None, context: Any) -> list[bytes] | None:
+    if data is not None:
+        return _service.handle(data, context)
+    try:
+        _service.initialize(context)
+    except BaseException as exc:
+        error = _as_load_error(exc)
+        log.error("LoadModel of %s failed (%d): %s", context.model_name, error.status, error, exc_info=exc)
+        load_report.write(
+            Settings.from_env().run_dir, context.model_name, error.status, type(error).__name__, str(error)
+        )
+        if error.status == OutOfMemory.status:
+            raise MemoryError(str(error)) from exc
+        raise
+    return None
+
+
+def _as_load_error(exc: BaseException) -> HandlerError:
+    if isinstance(exc, HandlerError):
+        return exc
+    if is_out_of_memory(exc):
+        return OutOfMemory(f"out of memory while loading: {exc}")
+    return ModelLoadError(f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,83 @@
+"""Typed errors, each carrying the HTTP status it is answered with.
+
+The MMS entry point maps them to a status and a short JSON body in one place;
+the traceback goes to the log, never to the client.
+"""
+
+from __future__ import annotations
+
+import json
+
+
+class HandlerError(Exception):
+    """Base class: ``status`` is the HTTP status, ``str(self)`` the one-line reason."""
+
+    status = 500
+
+    def to_json(self) -> str:
+        return json.dumps({"code": self.status, "type": type(self).__name__, "message": str(self)})
+
+
+class BadRequest(HandlerError):
+    """The body cannot be decoded, or does not fit the model (400)."""
+
+    status = 400
+
+
+class UnsupportedContentType(HandlerError):
+    status = 415
+
+
+class NotAcceptable(HandlerError):
+    """No encoding in the Accept header can represent the result (406)."""
+
+    status = 406
+
+
+class ModelLoadError(HandlerError):
+    """The model directory cannot be turned into a model (500 at LoadModel)."""
+
+    status = 500
+
+
+class ModelNotFound(ModelLoadError):
+    status = 404
+
+
+class ModelOutsideRoot(ModelLoadError):
+    """A LoadModel ``url`` that resolves outside the models root (400)."""
+
+    status = 400
+
+
+class OutOfMemory(HandlerError):
+    """Not enough memory to load or run the model (507: SageMaker then unloads models)."""
+
+    status = 507
+
+
+class PredictionError(HandlerError):
+    """The model or the user's predict/output code failed (500)."""
+
+    status = 500
+
+
+_OOM_MARKERS = (
+    "DefaultCPUAllocator: can't allocate memory",
+    "DefaultCPUAllocator: not enough memory",
+    "CUDA out of memory",
+)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for Python's MemoryError and torch's CPU and CUDA allocator failures.
+
+    torch raises ``RuntimeError`` from its CPU allocator and
+    ``torch.cuda.OutOfMemoryError`` (a RuntimeError) on the GPU; neither is a
+    ``MemoryError``, so MMS would answer 500 instead of 507 without this.
+    """
+    if isinstance(exc, (MemoryError, OutOfMemory)):
+        return True
+    if type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _OOM_MARKERS)

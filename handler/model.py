@@ -1,0 +1,228 @@
+"""A model directory turned into a model, and one request run through it.
+
+Pure torch: no HTTP, no MMS. ``load`` reads the directory MMS hands over;
+``Model.decode``/``predict``/``encode`` are the three stages of a request,
+each the user's hook from ``code/inference.py`` when it defines one, else the
+default that matches the SageMaker PyTorch serving container.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from handler import codecs
+from handler.errors import BadRequest, HandlerError, ModelLoadError, OutOfMemory, PredictionError, is_out_of_memory
+from handler.user_code import SCRIPT, Hook, find_hooks, import_script
+
+log = logging.getLogger(__name__)
+
+TORCHSCRIPT = "model.pt"
+WEIGHTS = "model.pth"
+UNSAFE_PICKLE_HINT = (
+    "set TORCH_MME_ALLOW_UNSAFE_PICKLE=true (or `torch-mme serve --allow-unsafe-pickle`) if you trust this file, "
+    "or save a TorchScript model.pt, or a state_dict plus a model_fn that builds the module"
+)
+_SHAPE_MARKERS = (
+    "shape",
+    "size mismatch",
+    "must match the size",
+    "dimension",
+    "cannot be multiplied",
+    "Expected input",
+)
+
+
+@dataclass
+class Model:
+    """A loaded model and the hooks that serve it."""
+
+    module: Any
+    device: torch.device
+    hooks: dict[str, Hook] = field(default_factory=dict)
+    default_accept: str = codecs.JSON
+
+    def decode(self, body: bytes, content_type: str, context: Any = None) -> Any:
+        """Request body -> model input (``input_fn``); any failure is the client's (400)."""
+        hook = self.hooks.get("input_fn")
+        if hook is None:
+            return _to_tensors(codecs.decode(body, content_type), self.device)
+        try:
+            return hook(body, content_type, context=context)
+        except HandlerError:
+            raise
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise OutOfMemory(f"out of memory in input_fn: {exc}") from exc
+            raise BadRequest(f"input_fn rejected the body: {type(exc).__name__}: {exc}") from exc
+
+    def predict(self, data: Any, context: Any = None) -> Any:
+        """Model input -> prediction (``predict_fn``), under ``torch.inference_mode``."""
+        hook = self.hooks.get("predict_fn")
+        try:
+            with torch.inference_mode():
+                if hook is not None:
+                    return hook(data, self.module, context=context)
+                return _call(self.module, data)
+        except HandlerError:
+            raise
+        except Exception as exc:
+            raise _prediction_error(exc) from exc
+
+    def encode(self, prediction: Any, accept: str, context: Any = None) -> tuple[bytes, str]:
+        """Prediction -> (body, content type) (``output_fn``)."""
+        hook = self.hooks.get("output_fn")
+        if hook is None:
+            return codecs.encode(prediction, accept, self.default_accept)
+        try:
+            return _body_and_type(hook(prediction, self.user_accept(accept), context=context), self.user_accept(accept))
+        except HandlerError:
+            raise
+        except Exception as exc:
+            raise _prediction_error(exc, "output_fn") from exc
+
+    def transform(self, body: bytes, content_type: str, accept: str, context: Any = None) -> tuple[bytes, str]:
+        """The whole request through the user's ``transform_fn``."""
+        hook = self.hooks["transform_fn"]
+        try:
+            with torch.inference_mode():
+                result = hook(self.module, body, content_type, self.user_accept(accept), context=context)
+        except HandlerError:
+            raise
+        except Exception as exc:
+            raise _prediction_error(exc, "transform_fn") from exc
+        return _body_and_type(result, self.user_accept(accept))
+
+    def user_accept(self, accept: str) -> str:
+        """What the user's hooks see as Accept: the default for a missing or ``*/*`` header, as SageMaker does."""
+        return self.default_accept if not accept or accept.strip() == codecs.ANY else accept
+
+
+def load(
+    model_dir: str,
+    device: torch.device,
+    allow_unsafe_pickle: bool = False,
+    context: Any = None,
+    default_accept: str = codecs.JSON,
+) -> Model:
+    """Load a SageMaker PyTorch model directory (see the README for the layouts)."""
+    if not os.path.isdir(model_dir):
+        raise ModelLoadError(f"model directory {model_dir} does not exist")
+    hooks = find_hooks(import_script(model_dir))
+    model_fn = hooks.pop("model_fn", None)
+    if model_fn is not None:
+        module = _run_model_fn(model_fn, model_dir, context)
+    else:
+        module = _load_artifact(model_dir, device, allow_unsafe_pickle)
+    if isinstance(module, torch.nn.Module) or hasattr(module, "eval"):
+        module.eval()
+    return Model(module=module, device=device, hooks=hooks, default_accept=default_accept)
+
+
+def _run_model_fn(model_fn: Hook, model_dir: str, context: Any) -> Any:
+    try:
+        return model_fn(model_dir, context=context)
+    except HandlerError:
+        raise
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            raise OutOfMemory(f"out of memory in model_fn: {exc}") from exc
+        raise ModelLoadError(f"model_fn failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _load_artifact(model_dir: str, device: torch.device, allow_unsafe_pickle: bool) -> Any:
+    script = os.path.join(model_dir, TORCHSCRIPT)
+    weights = os.path.join(model_dir, WEIGHTS)
+    if os.path.isfile(script):
+        try:
+            return torch.jit.load(script, map_location=device)
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise OutOfMemory(f"out of memory loading {TORCHSCRIPT}: {exc}") from exc
+            if not _is_zip(script):
+                raise ModelLoadError(
+                    f"{TORCHSCRIPT} is not a TorchScript archive ({type(exc).__name__}: {exc})"
+                ) from exc
+            log.info("%s is not TorchScript; reading it as torch.save weights", TORCHSCRIPT)
+            return _load_pickled(script, device, allow_unsafe_pickle)
+    if os.path.isfile(weights):
+        return _load_pickled(weights, device, allow_unsafe_pickle)
+    raise ModelLoadError(f"no {TORCHSCRIPT} or {WEIGHTS} in {model_dir}, and no model_fn in code/{SCRIPT}")
+
+
+def _is_zip(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+def _load_pickled(path: str, device: torch.device, allow_unsafe_pickle: bool) -> Any:
+    name = os.path.basename(path)
+    try:
+        obj = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not allow_unsafe_pickle:
+            raise ModelLoadError(
+                f"{name} is a pickled object that weights_only loading refuses; {UNSAFE_PICKLE_HINT}"
+            ) from exc
+        log.warning("loading %s with weights_only=False (TORCH_MME_ALLOW_UNSAFE_PICKLE is set)", name)
+        obj = _unsafe_load(path, device)
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            raise OutOfMemory(f"out of memory loading {name}: {exc}") from exc
+        raise ModelLoadError(f"{name} cannot be read: {type(exc).__name__}: {exc}") from exc
+    if isinstance(obj, dict):
+        raise ModelLoadError(
+            f"{name} holds a state_dict; define model_fn in code/{SCRIPT} to build the module and load it"
+        )
+    if not callable(obj):
+        raise ModelLoadError(f"{name} holds a {type(obj).__name__}, not a module")
+    return obj
+
+
+def _unsafe_load(path: str, device: torch.device) -> Any:
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            raise OutOfMemory(f"out of memory loading {os.path.basename(path)}: {exc}") from exc
+        raise ModelLoadError(f"{os.path.basename(path)} cannot be unpickled: {type(exc).__name__}: {exc}") from exc
+
+
+def _to_tensors(decoded: Any, device: torch.device) -> Any:
+    if isinstance(decoded, dict):
+        return {k: torch.from_numpy(v).to(device) for k, v in decoded.items()}
+    return torch.from_numpy(decoded).to(device)
+
+
+def _call(module: Any, data: Any) -> Any:
+    if isinstance(data, dict):
+        return module(*data.values())  # .npz arrays in file order are the positional inputs
+    return module(data)
+
+
+def _prediction_error(exc: Exception, where: str = "the model") -> HandlerError:
+    if is_out_of_memory(exc):
+        return OutOfMemory(f"out of memory in {where}: {exc}")
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    message = lines[-1] if lines else type(exc).__name__  # TorchScript puts the cause on the last line
+    if isinstance(exc, (RuntimeError, ValueError, IndexError)) and any(m in str(exc) for m in _SHAPE_MARKERS):
+        return BadRequest(f"input does not fit the model: {message}")
+    return PredictionError(f"{where} failed: {type(exc).__name__}: {message}")
+
+
+def _body_and_type(result: Any, accept: str) -> tuple[bytes, str]:
+    """A user hook's answer as (bytes, content type): bytes or str (typed as Accept), (body, type), or arrays."""
+    content_type = None
+    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], str):
+        result, content_type = result
+    if isinstance(result, str):
+        result = result.encode()
+    if isinstance(result, (bytes, bytearray)):
+        return bytes(result), content_type or accept.split(",", 1)[0].split(";", 1)[0].strip()
+    body, kind = codecs.encode(result, accept)
+    return body, content_type or kind

@@ -1,0 +1,142 @@
+"""The PyTorch handler: initialize, then preprocess -> inference -> postprocess per batch.
+
+Each item of a batch is decoded with its own Content-Type and encoded for its
+own Accept, and fails on its own: an error answers that item with its status
+and a short JSON message, the other items still get their results.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from handler import codecs
+from handler.errors import HandlerError, ModelOutsideRoot, OutOfMemory, PredictionError, is_out_of_memory
+from handler.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Item:
+    """One request of a batch as it moves through the stages."""
+
+    body: bytes | None
+    content_type: str
+    accept: str
+    data: Any = None
+    prediction: Any = None
+    error: HandlerError | None = None
+
+
+def header(context: Any, idx: int, name: str) -> str:
+    """A request header of batch item ``idx``, looked up case-insensitively ('' when absent)."""
+    headers = context.get_all_request_header(idx) or {}
+    wanted = name.lower()
+    for key, value in headers.items():
+        if isinstance(key, str) and key.lower() == wanted and isinstance(value, str):
+            return value
+    return ""
+
+
+def _body(request: dict) -> bytes | None:
+    body = request.get("body")
+    if body is None:
+        body = request.get("data")
+    if isinstance(body, str):
+        body = body.encode()
+    return body if isinstance(body, (bytes, bytearray)) else None
+
+
+def check_inside(model_dir: str, root: str) -> str:
+    """The real path of ``model_dir``; refuses one that resolves outside ``root``."""
+    real, real_root = os.path.realpath(model_dir), os.path.realpath(root)
+    if os.path.commonpath([real, real_root]) != real_root:
+        raise ModelOutsideRoot(f"model directory {model_dir} is outside the models root {root}")
+    return real
+
+
+class PyTorchHandler:
+    """Serves one model in one MMS worker process."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings
+        self.model = None
+
+    def initialize(self, context: Any) -> None:
+        """Load the model MMS points at: check the path, pick the device, load, ``eval()``."""
+        from handler import device, model  # torch is imported when a model loads, not before
+
+        settings = self.settings or Settings.from_env()
+        properties = context.system_properties
+        model_dir = check_inside(properties["model_dir"], settings.models_root)
+        dev = device.device_for(properties.get("gpu_id"))
+        self.model = model.load(model_dir, dev, settings.allow_unsafe_pickle, context, settings.default_accept)
+        log.info("model %s loaded from %s on %s", getattr(context, "model_name", "?"), model_dir, dev)
+
+    def preprocess(self, data: list[dict], context: Any) -> list[Item]:
+        """Decode every item with its own Content-Type."""
+        items = []
+        for idx, request in enumerate(data):
+            item = Item(_body(request), header(context, idx, "Content-Type"), header(context, idx, "Accept"))
+            items.append(item)
+            if item.body is None:
+                kind = codecs.media_type(item.content_type) or "this request"
+                item.error = codecs.UnsupportedContentType(f"no request body found; {kind} is not supported")
+            elif "transform_fn" not in self.model.hooks:
+                self._guard(item, lambda it=item: self.model.decode(it.body, it.content_type, context), "data")
+        return items
+
+    def inference(self, items: list[Item], context: Any) -> list[Item]:
+        """Run the model on every decoded item (``transform_fn`` does the whole request)."""
+        for item in items:
+            if item.error is not None:
+                continue
+            if "transform_fn" in self.model.hooks:
+                self._guard(
+                    item,
+                    lambda it=item: self.model.transform(it.body, it.content_type, it.accept, context),
+                    "prediction",
+                )
+            else:
+                self._guard(item, lambda it=item: self.model.predict(it.data, context), "prediction")
+        return items
+
+    def postprocess(self, items: list[Item], context: Any) -> list[bytes]:
+        """Encode every item for its own Accept; errors become their status and a JSON body."""
+        responses = []
+        for idx, item in enumerate(items):
+            if item.error is None and "transform_fn" not in self.model.hooks:
+                self._guard(item, lambda it=item: self.model.encode(it.prediction, it.accept, context), "prediction")
+            if item.error is not None:
+                context.set_response_status(item.error.status, str(item.error), idx)
+                context.set_response_content_type(idx, codecs.JSON)
+                responses.append(item.error.to_json().encode())
+            else:
+                body, content_type = item.prediction
+                context.set_response_content_type(idx, content_type)
+                responses.append(body)
+        return responses
+
+    def handle(self, data: list[dict] | None, context: Any) -> list[bytes] | None:
+        if data is None:
+            self.initialize(context)
+            return None
+        return self.postprocess(self.inference(self.preprocess(data, context), context), context)
+
+    @staticmethod
+    def _guard(item: Item, stage: Any, field: str) -> None:
+        """Run one stage of one item, storing its result or its typed error."""
+        try:
+            setattr(item, field, stage())
+        except HandlerError as exc:
+            item.error = exc
+            if exc.status >= 500:
+                log.error("request failed (%d): %s", exc.status, exc, exc_info=exc.__cause__ or exc)
+        except Exception as exc:  # a bug outside the typed paths still answers this item only
+            item.error = (
+                OutOfMemory(str(exc)) if is_out_of_memory(exc) else PredictionError(f"{type(exc).__name__}: {exc}")
+            )
+            log.exception("request failed")

@@ -1,0 +1,99 @@
+"""The one place that reads the environment.
+
+Container-side settings shared by ``torch-mme serve`` (which exports them) and
+the MMS workers (which read them back), so both sides agree. SageMaker's own
+variables come first; the project's use the ``TORCH_MME_`` prefix.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+
+TRUE = {"1", "true", "yes", "on"}
+
+
+def _models_root(env: Mapping[str, str]) -> str:
+    if env.get("TORCH_MME_MODEL_DIR"):
+        return env["TORCH_MME_MODEL_DIR"]
+    return os.path.join(env.get("SAGEMAKER_BASE_DIR", "/opt/ml"), "models")
+
+
+def _timeout_seconds(env: Mapping[str, str]) -> int:
+    # MMS reads SAGEMAKER_MODEL_SERVER_TIMEOUT as minutes; SageMaker's documentation
+    # describes it in seconds. We take every timeout in seconds, as documented.
+    for name in (
+        "TORCH_MME_TIMEOUT_SECONDS",
+        "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS",
+        "SAGEMAKER_MODEL_SERVER_TIMEOUT",
+    ):
+        if env.get(name):
+            return int(env[name])
+    return 60
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the container can be told, with its default."""
+
+    host: str = "127.0.0.1"
+    """Address the public API binds to (the container image sets 0.0.0.0)."""
+    port: int = 8080
+    """Public port (``SAGEMAKER_BIND_TO_PORT``); MMS refuses ports above 32767."""
+    models_root: str = "/opt/ml/models"
+    """LoadModel refuses a ``url`` outside this folder."""
+    workers_per_model: int = 1
+    timeout_s: int = 60
+    """Response timeout of one request, in seconds."""
+    jvm_heap: str = "1g"
+    """Cap on the MMS Java heap (``-Xmx``) unless SAGEMAKER_MODEL_SERVER_VMARGS sets one."""
+    vmargs: str = ""
+    max_request_mb: int = 6
+    """Largest request body accepted, in MiB (``SAGEMAKER_MAX_PAYLOAD_IN_MB``)."""
+    default_accept: str = "application/json"
+    """Encoding of a result when Accept is missing or ``*/*``."""
+    allow_unsafe_pickle: bool = False
+    """Allow ``torch.load(weights_only=False)`` for pickled whole modules: it runs the pickle's code."""
+    run_dir: str = ""
+    """Private folder of one server instance (MMS config, socket, pid file, load reports)."""
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        return cls(
+            host=env.get("TORCH_MME_HOST", cls.host),
+            port=int(env.get("SAGEMAKER_BIND_TO_PORT", cls.port)),
+            models_root=_models_root(env),
+            workers_per_model=int(env.get("SAGEMAKER_MODEL_SERVER_WORKERS") or cls.workers_per_model),
+            timeout_s=_timeout_seconds(env),
+            jvm_heap=env.get("TORCH_MME_JVM_HEAP", cls.jvm_heap),
+            vmargs=env.get("SAGEMAKER_MODEL_SERVER_VMARGS", ""),
+            max_request_mb=int(env.get("SAGEMAKER_MAX_PAYLOAD_IN_MB") or cls.max_request_mb),
+            default_accept=env.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", cls.default_accept),
+            allow_unsafe_pickle=env.get("TORCH_MME_ALLOW_UNSAFE_PICKLE", "").lower() in TRUE,
+            run_dir=env.get("TORCH_MME_RUN_DIR", ""),
+            log_level=env.get("TORCH_MME_LOG_LEVEL", cls.log_level).upper(),
+        )
+
+    def with_overrides(self, **overrides: object) -> "Settings":
+        """Settings with the given fields replaced; ``None`` values are ignored (unset CLI flags)."""
+        known = {f.name for f in fields(self)}
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None and k in known})
+
+    def to_env(self) -> dict[str, str]:
+        """The variables that make ``from_env`` in a worker process rebuild these settings."""
+        return {
+            "TORCH_MME_HOST": self.host,
+            "SAGEMAKER_BIND_TO_PORT": str(self.port),
+            "TORCH_MME_MODEL_DIR": self.models_root,
+            "SAGEMAKER_MODEL_SERVER_WORKERS": str(self.workers_per_model),
+            "TORCH_MME_TIMEOUT_SECONDS": str(self.timeout_s),
+            "TORCH_MME_JVM_HEAP": self.jvm_heap,
+            "SAGEMAKER_MAX_PAYLOAD_IN_MB": str(self.max_request_mb),
+            "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": self.default_accept,
+            "TORCH_MME_ALLOW_UNSAFE_PICKLE": "true" if self.allow_unsafe_pickle else "false",
+            "TORCH_MME_RUN_DIR": self.run_dir,
+            "TORCH_MME_LOG_LEVEL": self.log_level,
+        }

@@ -1,0 +1,29 @@
+"""torch-mme: a PyTorch bring-your-own-container for SageMaker multi-model endpoints."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="torch-mme",
+    version="0.1.0",
+    description="Host many PyTorch models behind one SageMaker multi-model endpoint (MMS + sagemaker-inference).",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["handler", "handler.*", "torch_mme", "torch_mme.*"]),
+    package_data={"torch_mme": ["etc/*"]},
+    install_requires=[
+        # MMS 1.1.11 and sagemaker-inference 1.10 import pkg_resources, which setuptools>=81 dropped.
+        "setuptools<81",
+        "multi-model-server==1.1.11",
+        "sagemaker-inference>=1.10,<1.11",
+        "torch>=2.2",
+        "numpy>=1.24",
+        "psutil>=5.9",
+        "aiohttp>=3.9",
+    ],
+    extras_require={
+        "demo": ["scikit-learn>=1.3"],
+        "test": ["pytest>=7", "pytest-timeout>=2.2", "requests>=2.31", "scikit-learn>=1.3", "ruff>=0.5"],
+    },
+    entry_points={"console_scripts": ["torch-mme=torch_mme.cli:main"]},
+)

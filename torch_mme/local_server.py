@@ -1,0 +1,142 @@
+"""Run ``torch-mme serve`` as a child process: for the demo, the tests and the benchmarks.
+
+Binds 127.0.0.1 on a free port below 32768 (MMS refuses higher ones), waits
+for a real ``/ping``, and stops the server by its process id; ``serve`` itself
+takes its Java and workers down with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import IO, Any
+
+PORT_RANGE = (20000, 32000)
+
+
+def free_port() -> int:
+    """A port in 20000-32000 that nobody listens on right now."""
+    for _ in range(200):
+        port = random.randint(*PORT_RANGE)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port found in 20000-32000")
+
+
+class LocalServer:
+    """``with LocalServer(models_root) as server: server.load("name", path)``"""
+
+    def __init__(
+        self,
+        models_root: str,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        log: IO[Any] | None = None,
+        start_timeout: float = 120.0,
+    ) -> None:
+        self.models_root = os.path.abspath(models_root)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, **(env or {})}
+        self.args = args or []
+        self.log = log
+        self.start_timeout = start_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "LocalServer":
+        command = [
+            sys.executable,
+            "-m",
+            "torch_mme.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--model-dir",
+            self.models_root,
+            *self.args,
+        ]
+        self.process = subprocess.Popen(
+            command, env=self.env, stdout=self.log or subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"torch-mme serve exited with {self.process.returncode} before it was ready")
+            try:
+                if self.request("GET", "/ping", timeout=2)[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"torch-mme serve was not ready within {self.start_timeout:.0f} s")
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``; returns the exit status."""
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(5)
+
+    def __enter__(self) -> "LocalServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 60.0,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One HTTP request; returns (status, headers, body) for every status, errors included."""
+        request = urllib.request.Request(self.url + path, data=body, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, dict(response.headers), response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), exc.read()
+
+    def load(self, name: str, model_dir: str) -> tuple[int, dict[str, Any]]:
+        """LoadModel, as SageMaker sends it."""
+        status, _, body = self.request(
+            "POST",
+            "/models",
+            json.dumps({"model_name": name, "url": model_dir}).encode(),
+            {"Content-Type": "application/json"},
+            timeout=600,
+        )
+        return status, json.loads(body or b"{}")
+
+    def invoke(self, name: str, body: bytes, content_type: str, accept: str | None = None) -> tuple[int, str, bytes]:
+        headers = {"Content-Type": content_type}
+        if accept:
+            headers["Accept"] = accept
+        status, response_headers, data = self.request("POST", f"/models/{name}/invoke", body, headers)
+        content = next((v for k, v in response_headers.items() if k.lower() == "content-type"), "")
+        return status, content, data
+
+    def unload(self, name: str) -> int:
+        return self.request("DELETE", f"/models/{name}", timeout=120)[0]

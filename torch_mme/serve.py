@@ -1,0 +1,273 @@
+"""``torch-mme serve``: MMS behind the front, in the foreground, stopped with every process it started.
+
+Start-up reads top to bottom: preflight (Java, the port) -> a private run
+folder -> the environment MMS and its workers read -> the front on the public
+port (in a thread) -> MMS through sagemaker-inference's ``start_model_server``
+in the main thread, which blocks until Java exits.
+
+What the stock ``start_model_server`` gets wrong, and what is done about it:
+it writes ``/etc/sagemaker-mms.properties`` (here: the run folder); it finds
+"the" MMS by scanning every process (two servers on a machine latch onto each
+other; here: the Java whose command line names this run folder's config);
+SIGTERM reaches Java only and orphans the Python workers (here: this process
+is a child subreaper and stops the whole tree); and a Java that fails to bind
+goes unnoticed (here: the front binds the port before MMS starts, MMS listens
+on a private Unix socket, and readiness is a real ``/ping``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from importlib import resources
+
+import psutil
+
+from handler.settings import Settings
+
+log = logging.getLogger("torch_mme.serve")
+
+HANDLER_SERVICE = "handler.entry:handle"
+MMS_MAIN_CLASS = "com.amazonaws.ml.mms.ModelServer"
+START_TIMEOUT_S = 120.0
+STOP_GRACE_S = 3.0
+PR_SET_CHILD_SUBREAPER = 36
+
+
+class ServeError(Exception):
+    """A reason ``serve`` cannot start; printed as one line, exit status 2."""
+
+
+def preflight(settings: Settings) -> socket.socket:
+    """Fail fast with a clear message; returns the public listening socket (the port is ours from here on)."""
+    java = os.path.join(os.environ["JAVA_HOME"], "bin", "java") if os.environ.get("JAVA_HOME") else shutil.which("java")
+    if not java or not os.access(java, os.X_OK):
+        raise ServeError(
+            "Java is not installed (no `java` on PATH or in JAVA_HOME): MMS needs a Java 11+ runtime, "
+            "e.g. `apt-get install -y openjdk-17-jre-headless`"
+        )
+    if not shutil.which("multi-model-server"):
+        raise ServeError("multi-model-server is not on PATH: install this package into the active environment")
+    if not 0 < settings.port < 32768:
+        raise ServeError(f"port {settings.port} is out of range: MMS accepts 1-32767")
+    if not os.path.isdir(settings.models_root):
+        log.warning("models root %s does not exist yet: LoadModel answers 404 until it does", settings.models_root)
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        raise ServeError(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror} (is another server running?)"
+        ) from None
+    sock.listen(1024)
+    return sock
+
+
+def prepare_run_dir(settings: Settings) -> Settings:
+    run_dir = settings.run_dir or tempfile.mkdtemp(prefix="torch-mme-")
+    os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
+    return settings.with_overrides(run_dir=run_dir)
+
+
+def mms_environment(settings: Settings) -> dict[str, str]:
+    """What MMS, sagemaker-inference and the workers read; a user's own settings are kept."""
+    socket_url = "unix:" + os.path.join(settings.run_dir, "mms.sock")
+    vmargs = settings.vmargs or "-XX:-UseContainerSupport"
+    if "-Xmx" not in vmargs:
+        vmargs += f" -Xmx{settings.jvm_heap}"
+    return {
+        **settings.to_env(),
+        "SAGEMAKER_MULTI_MODEL": "true",
+        "SAGEMAKER_HANDLER": HANDLER_SERVICE,
+        "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS": str(settings.timeout_s),
+        "SAGEMAKER_MODEL_SERVER_VMARGS": vmargs,
+        "MMS_INFERENCE_ADDRESS": socket_url,
+        "MMS_MANAGEMENT_ADDRESS": socket_url,
+        # pid file, worker sockets and Java's temp files stay in this instance's folder
+        "TEMP": settings.run_dir,
+        "TMPDIR": settings.run_dir,
+        "LOG_LOCATION": os.path.join(settings.run_dir, "logs"),
+        "METRICS_LOCATION": os.path.join(settings.run_dir, "logs"),
+    }
+
+
+class Server:
+    """One running instance: the front thread, MMS, and the process tree below this process."""
+
+    def __init__(self, settings: Settings, listener: socket.socket) -> None:
+        self.settings = settings
+        self.listener = listener
+        self.stopping = threading.Event()
+        self.ready = threading.Event()
+        self.failed: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._mms: psutil.Process | None = None
+
+    def run(self) -> int:
+        _become_subreaper()
+        os.environ.update(mms_environment(self.settings))
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        threading.Thread(target=self._run_front, name="front", daemon=True).start()
+        try:
+            self._run_mms()
+        except ServeError as exc:
+            self.failed = str(exc)
+        finally:
+            self.stop_processes()
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+            shutil.rmtree(self.settings.run_dir, ignore_errors=True)
+        if self.failed and not self.stopping.is_set():
+            log.error("%s", self.failed)
+            return 1
+        log.info("stopped")
+        return 0
+
+    def _run_mms(self) -> None:
+        from sagemaker_inference import model_server  # reads SAGEMAKER_MULTI_MODEL at import time
+
+        run_dir = self.settings.run_dir
+        model_server.MMS_CONFIG_FILE = os.path.join(run_dir, "mms.properties")
+        model_server.DEFAULT_MMS_LOG_FILE = str(resources.files("torch_mme") / "etc" / "log4j2.xml")
+        model_server._retry_retrieve_mms_server_process = self._find_own_mms
+        model_server._add_sigterm_handler = lambda process: None  # ours stops the whole tree
+        model_server._add_sigchild_handler = lambda: signal.signal(signal.SIGCHLD, _reap_children)
+        model_server.start_model_server(handler_service=HANDLER_SERVICE)  # blocks until Java exits
+        if not self.stopping.is_set():
+            raise ServeError("MMS exited unexpectedly; see its log above")
+
+    def _find_own_mms(self, startup_timeout: int) -> psutil.Process:
+        """This instance's Java: a descendant whose command line names this run folder's config."""
+        config = os.path.join(self.settings.run_dir, "mms.properties")
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline and not self.stopping.is_set():
+            for process in psutil.Process().children(recursive=True):
+                try:
+                    cmdline = process.cmdline()
+                except psutil.Error:
+                    continue
+                if MMS_MAIN_CLASS in cmdline and config in cmdline:
+                    self._mms = process
+                    return process
+            time.sleep(0.1)
+        raise ServeError("MMS did not start (Java exited or hung); see its log above")
+
+    def _run_front(self) -> None:
+        from torch_mme.front import Front
+        from torch_mme.upstream import Upstream
+
+        try:
+            import uvloop
+
+            loop = uvloop.new_event_loop()
+        except ImportError:
+            loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        upstream = Upstream(os.path.join(self.settings.run_dir, "mms.sock"))
+        try:
+            loop.run_until_complete(self._wait_for_mms(upstream))
+            if self.stopping.is_set():
+                return
+            from aiohttp import web
+
+            runner = web.AppRunner(Front(self.settings, upstream).app(), access_log=None, handle_signals=False)
+            loop.run_until_complete(runner.setup())
+            loop.run_until_complete(web.SockSite(runner, self.listener).start())
+            self.ready.set()
+            log.info(
+                "ready: serving http://%s:%d (models root %s)",
+                self.settings.host,
+                self.settings.port,
+                self.settings.models_root,
+            )
+            loop.run_forever()
+            loop.run_until_complete(runner.cleanup())
+        except Exception as exc:  # the front is the server: without it, stop everything
+            self.failed = f"front failed: {exc}"
+            log.exception("front failed")
+            os.kill(os.getpid(), signal.SIGTERM)
+        finally:
+            upstream.close()
+
+    async def _wait_for_mms(self, upstream) -> None:
+        from torch_mme.upstream import UpstreamError
+
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self.stopping.is_set():
+            try:
+                if (await upstream.request("GET", "/ping", timeout=5)).status == 200:
+                    return
+            except (UpstreamError, asyncio.TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise ServeError(f"MMS did not answer /ping within {START_TIMEOUT_S:.0f} s")
+            await asyncio.sleep(0.1)
+
+    def _on_signal(self, signo: int, frame: object) -> None:
+        if not self.stopping.is_set():
+            log.info("%s: stopping", signal.Signals(signo).name)
+        self.stopping.set()
+        if self._mms is not None:
+            _signal(self._mms, signal.SIGTERM)
+        else:
+            self.stop_processes()
+
+    def stop_processes(self) -> None:
+        """Java first, then every process left below us (orphaned workers are ours: we are their subreaper)."""
+        self.stopping.set()
+        if self._mms is not None:
+            _signal(self._mms, signal.SIGTERM)
+            psutil.wait_procs([self._mms], timeout=STOP_GRACE_S)
+        leftovers = psutil.Process().children(recursive=True)
+        for process in leftovers:
+            _signal(process, signal.SIGTERM)
+        _, alive = psutil.wait_procs(leftovers, timeout=STOP_GRACE_S)
+        for process in alive:
+            _signal(process, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=STOP_GRACE_S)
+
+
+def _signal(process: psutil.Process, signo: int) -> None:
+    with contextlib.suppress(psutil.Error):
+        process.send_signal(signo)
+
+
+def _reap_children(signo: int, frame: object) -> None:
+    """Collect exited children (MMS's launcher script; orphans we inherit as subreaper) without blocking."""
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
+
+
+def _become_subreaper() -> None:
+    """Orphans of our descendants (MMS's workers when Java dies) become our children, so we can stop them."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        log.warning("could not become a child subreaper; workers orphaned by Java may outlive the server")
+
+
+def serve(settings: Settings) -> int:
+    try:
+        listener = preflight(settings)
+    except ServeError as exc:
+        print(f"torch-mme serve: {exc}", file=sys.stderr)
+        return 2
+    return Server(prepare_run_dir(settings), listener).run()
