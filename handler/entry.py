@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 from handler import load_report
-from handler.errors import HandlerError, ModelLoadError, OutOfMemory, is_out_of_memory
+from handler.errors import HandlerError, ModelLoadError, OutOfMemory, brief, is_out_of_memory
 from handler.service import PyTorchHandler
 from handler.settings import Settings
 
@@ -43,5 +43,5 @@ def _as_load_error(exc: BaseException) -> HandlerError:
     if isinstance(exc, HandlerError):
         return exc
     if is_out_of_memory(exc):
-        return OutOfMemory(f"out of memory while loading: {exc}")
-    return ModelLoadError(f"{type(exc).__name__}: {exc}")
+        return OutOfMemory(f"out of memory while loading: {brief(exc)}")
+    return ModelLoadError(brief(exc))

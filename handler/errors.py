@@ -62,6 +62,23 @@ class PredictionError(HandlerError):
     status = 500
 
 
+MAX_REASON = 300
+
+
+def brief(exc: BaseException, with_type: bool = True) -> str:
+    """One line about ``exc`` for a client: its type and the last non-empty line of its message.
+
+    TorchScript and CUDA errors carry tracebacks and source inside the message;
+    the cause is on the last line. The full text goes to the log.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[-1] if lines else ""
+    name = type(exc).__name__
+    if with_type and not text.startswith(name):
+        text = f"{name}: {text}" if text else name
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
+
+
 _OOM_MARKERS = (
     "DefaultCPUAllocator: can't allocate memory",
     "DefaultCPUAllocator: not enough memory",

@@ -17,7 +17,15 @@ from typing import Any
 import torch
 
 from handler import codecs
-from handler.errors import BadRequest, HandlerError, ModelLoadError, OutOfMemory, PredictionError, is_out_of_memory
+from handler.errors import (
+    BadRequest,
+    HandlerError,
+    ModelLoadError,
+    OutOfMemory,
+    PredictionError,
+    brief,
+    is_out_of_memory,
+)
 from handler.user_code import SCRIPT, Hook, find_hooks, import_script
 
 log = logging.getLogger(__name__)
@@ -28,13 +36,16 @@ UNSAFE_PICKLE_HINT = (
     "set TORCH_MME_ALLOW_UNSAFE_PICKLE=true (or `torch-mme serve --allow-unsafe-pickle`) if you trust this file, "
     "or save a TorchScript model.pt, or a state_dict plus a model_fn that builds the module"
 )
-_SHAPE_MARKERS = (
+# torch's wording when the input's shape or dtype does not fit the model: the client's error (400), not ours
+_INPUT_MARKERS = (
     "shape",
     "size mismatch",
     "must match the size",
     "dimension",
     "cannot be multiplied",
     "Expected input",
+    "same dtype",
+    "expected scalar type",
 )
 
 
@@ -46,20 +57,22 @@ class Model:
     device: torch.device
     hooks: dict[str, Hook] = field(default_factory=dict)
     default_accept: str = codecs.JSON
+    input_dtype: torch.dtype | None = None
+    """Floating inputs are cast to the model's float dtype (numpy's float64 into a float32 model)."""
 
     def decode(self, body: bytes, content_type: str, context: Any = None) -> Any:
         """Request body -> model input (``input_fn``); any failure is the client's (400)."""
         hook = self.hooks.get("input_fn")
         if hook is None:
-            return _to_tensors(codecs.decode(body, content_type), self.device)
+            return _to_tensors(codecs.decode(body, content_type), self.device, self.input_dtype)
         try:
             return hook(body, content_type, context=context)
         except HandlerError:
             raise
         except Exception as exc:
             if is_out_of_memory(exc):
-                raise OutOfMemory(f"out of memory in input_fn: {exc}") from exc
-            raise BadRequest(f"input_fn rejected the body: {type(exc).__name__}: {exc}") from exc
+                raise OutOfMemory(f"out of memory in input_fn: {brief(exc)}") from exc
+            raise BadRequest(f"input_fn rejected the body: {brief(exc)}") from exc
 
     def predict(self, data: Any, context: Any = None) -> Any:
         """Model input -> prediction (``predict_fn``), under ``torch.inference_mode``."""
@@ -121,7 +134,17 @@ def load(
         module = _load_artifact(model_dir, device, allow_unsafe_pickle)
     if isinstance(module, torch.nn.Module) or hasattr(module, "eval"):
         module.eval()
-    return Model(module=module, device=device, hooks=hooks, default_accept=default_accept)
+    return Model(
+        module=module, device=device, hooks=hooks, default_accept=default_accept, input_dtype=_float_dtype(module)
+    )
+
+
+def _float_dtype(module: Any) -> torch.dtype | None:
+    """The dtype of the module's first floating parameter, if it has one."""
+    try:
+        return next((p.dtype for p in module.parameters() if p.dtype.is_floating_point), None)
+    except Exception:  # not a module, or a ScriptModule without parameters()
+        return None
 
 
 def _run_model_fn(model_fn: Hook, model_dir: str, context: Any) -> Any:
@@ -131,8 +154,8 @@ def _run_model_fn(model_fn: Hook, model_dir: str, context: Any) -> Any:
         raise
     except Exception as exc:
         if is_out_of_memory(exc):
-            raise OutOfMemory(f"out of memory in model_fn: {exc}") from exc
-        raise ModelLoadError(f"model_fn failed: {type(exc).__name__}: {exc}") from exc
+            raise OutOfMemory(f"out of memory in model_fn: {brief(exc)}") from exc
+        raise ModelLoadError(f"model_fn failed: {brief(exc)}") from exc
 
 
 def _load_artifact(model_dir: str, device: torch.device, allow_unsafe_pickle: bool) -> Any:
@@ -143,11 +166,9 @@ def _load_artifact(model_dir: str, device: torch.device, allow_unsafe_pickle: bo
             return torch.jit.load(script, map_location=device)
         except Exception as exc:
             if is_out_of_memory(exc):
-                raise OutOfMemory(f"out of memory loading {TORCHSCRIPT}: {exc}") from exc
+                raise OutOfMemory(f"out of memory loading {TORCHSCRIPT}: {brief(exc)}") from exc
             if not _is_zip(script):
-                raise ModelLoadError(
-                    f"{TORCHSCRIPT} is not a TorchScript archive ({type(exc).__name__}: {exc})"
-                ) from exc
+                raise ModelLoadError(f"{TORCHSCRIPT} is not a TorchScript archive ({brief(exc)})") from exc
             log.info("%s is not TorchScript; reading it as torch.save weights", TORCHSCRIPT)
             return _load_pickled(script, device, allow_unsafe_pickle)
     if os.path.isfile(weights):
@@ -165,6 +186,8 @@ def _load_pickled(path: str, device: torch.device, allow_unsafe_pickle: bool) ->
     try:
         obj = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):  # a damaged file, not a pickled object
+            raise ModelLoadError(f"{name} cannot be read: {brief(exc)}") from exc
         if not allow_unsafe_pickle:
             raise ModelLoadError(
                 f"{name} is a pickled object that weights_only loading refuses; {UNSAFE_PICKLE_HINT}"
@@ -173,8 +196,8 @@ def _load_pickled(path: str, device: torch.device, allow_unsafe_pickle: bool) ->
         obj = _unsafe_load(path, device)
     except Exception as exc:
         if is_out_of_memory(exc):
-            raise OutOfMemory(f"out of memory loading {name}: {exc}") from exc
-        raise ModelLoadError(f"{name} cannot be read: {type(exc).__name__}: {exc}") from exc
+            raise OutOfMemory(f"out of memory loading {name}: {brief(exc)}") from exc
+        raise ModelLoadError(f"{name} cannot be read: {brief(exc)}") from exc
     if isinstance(obj, dict):
         raise ModelLoadError(
             f"{name} holds a state_dict; define model_fn in code/{SCRIPT} to build the module and load it"
@@ -189,14 +212,17 @@ def _unsafe_load(path: str, device: torch.device) -> Any:
         return torch.load(path, map_location=device, weights_only=False)
     except Exception as exc:
         if is_out_of_memory(exc):
-            raise OutOfMemory(f"out of memory loading {os.path.basename(path)}: {exc}") from exc
-        raise ModelLoadError(f"{os.path.basename(path)} cannot be unpickled: {type(exc).__name__}: {exc}") from exc
+            raise OutOfMemory(f"out of memory loading {os.path.basename(path)}: {brief(exc)}") from exc
+        raise ModelLoadError(f"{os.path.basename(path)} cannot be unpickled: {brief(exc)}") from exc
 
 
-def _to_tensors(decoded: Any, device: torch.device) -> Any:
+def _to_tensors(decoded: Any, device: torch.device, float_dtype: torch.dtype | None) -> Any:
     if isinstance(decoded, dict):
-        return {k: torch.from_numpy(v).to(device) for k, v in decoded.items()}
-    return torch.from_numpy(decoded).to(device)
+        return {k: _to_tensors(v, device, float_dtype) for k, v in decoded.items()}
+    tensor = torch.from_numpy(decoded)
+    if float_dtype is not None and tensor.dtype.is_floating_point and tensor.dtype != float_dtype:
+        tensor = tensor.to(float_dtype)
+    return tensor.to(device)
 
 
 def _call(module: Any, data: Any) -> Any:
@@ -207,12 +233,10 @@ def _call(module: Any, data: Any) -> Any:
 
 def _prediction_error(exc: Exception, where: str = "the model") -> HandlerError:
     if is_out_of_memory(exc):
-        return OutOfMemory(f"out of memory in {where}: {exc}")
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    message = lines[-1] if lines else type(exc).__name__  # TorchScript puts the cause on the last line
-    if isinstance(exc, (RuntimeError, ValueError, IndexError)) and any(m in str(exc) for m in _SHAPE_MARKERS):
-        return BadRequest(f"input does not fit the model: {message}")
-    return PredictionError(f"{where} failed: {type(exc).__name__}: {message}")
+        return OutOfMemory(f"out of memory in {where}: {brief(exc)}")
+    if isinstance(exc, (RuntimeError, ValueError, IndexError)) and any(m in str(exc) for m in _INPUT_MARKERS):
+        return BadRequest(f"input does not fit the model: {brief(exc, with_type=False)}")
+    return PredictionError(f"{where} failed: {brief(exc)}")
 
 
 def _body_and_type(result: Any, accept: str) -> tuple[bytes, str]:

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from handler import codecs
-from handler.errors import HandlerError, ModelOutsideRoot, OutOfMemory, PredictionError, is_out_of_memory
+from handler.errors import (
+    HandlerError,
+    ModelOutsideRoot,
+    OutOfMemory,
+    PredictionError,
+    UnsupportedContentType,
+    brief,
+    is_out_of_memory,
+)
 from handler.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -84,7 +92,7 @@ class PyTorchHandler:
             items.append(item)
             if item.body is None:
                 kind = codecs.media_type(item.content_type) or "this request"
-                item.error = codecs.UnsupportedContentType(f"no request body found; {kind} is not supported")
+                item.error = UnsupportedContentType(f"no request body found; {kind} is not supported")
             elif "transform_fn" not in self.model.hooks:
                 self._guard(item, lambda it=item: self.model.decode(it.body, it.content_type, context), "data")
         return items
@@ -136,7 +144,5 @@ class PyTorchHandler:
             if exc.status >= 500:
                 log.error("request failed (%d): %s", exc.status, exc, exc_info=exc.__cause__ or exc)
         except Exception as exc:  # a bug outside the typed paths still answers this item only
-            item.error = (
-                OutOfMemory(str(exc)) if is_out_of_memory(exc) else PredictionError(f"{type(exc).__name__}: {exc}")
-            )
+            item.error = OutOfMemory(brief(exc)) if is_out_of_memory(exc) else PredictionError(brief(exc))
             log.exception("request failed")

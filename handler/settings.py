@@ -91,6 +91,7 @@ class Settings:
             "SAGEMAKER_MODEL_SERVER_WORKERS": str(self.workers_per_model),
             "TORCH_MME_TIMEOUT_SECONDS": str(self.timeout_s),
             "TORCH_MME_JVM_HEAP": self.jvm_heap,
+            "SAGEMAKER_MODEL_SERVER_VMARGS": self.vmargs,
             "SAGEMAKER_MAX_PAYLOAD_IN_MB": str(self.max_request_mb),
             "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": self.default_accept,
             "TORCH_MME_ALLOW_UNSAFE_PICKLE": "true" if self.allow_unsafe_pickle else "false",

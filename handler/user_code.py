@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from handler.errors import ModelLoadError
+from handler.errors import ModelLoadError, brief
 
 HOOKS = ("model_fn", "input_fn", "predict_fn", "output_fn", "transform_fn")
 SCRIPT = "inference.py"
@@ -69,7 +69,7 @@ def import_script(model_dir: str, module_name: str = "inference") -> ModuleType 
         spec.loader.exec_module(module)
     except Exception as exc:
         sys.modules.pop(module_name, None)
-        raise ModelLoadError(f"code/{SCRIPT} failed to import: {type(exc).__name__}: {exc}") from exc
+        raise ModelLoadError(f"code/{SCRIPT} failed to import: {brief(exc)}") from exc
     return module
 
 

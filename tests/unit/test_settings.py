@@ -1,0 +1,126 @@
+"""Settings: the one reader of the environment."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from handler.settings import Settings
+
+
+def test_from_env_of_an_empty_environment_is_the_defaults():
+    assert Settings.from_env({}) == Settings()
+    defaults = Settings.from_env({})
+    assert defaults.models_root == "/opt/ml/models"
+    assert defaults.timeout_s == 60
+    assert defaults.port == 8080
+    assert defaults.allow_unsafe_pickle is False
+    assert defaults.default_accept == "application/json"
+
+
+def test_from_env_reads_os_environ_when_no_mapping_is_given(monkeypatch):
+    monkeypatch.setenv("SAGEMAKER_BIND_TO_PORT", "9090")
+    monkeypatch.setenv("TORCH_MME_MODEL_DIR", "/srv/models")
+    settings = Settings.from_env()
+    assert settings.port == 9090
+    assert settings.models_root == "/srv/models"
+
+
+def test_sagemaker_base_dir_gives_the_models_root():
+    assert Settings.from_env({"SAGEMAKER_BASE_DIR": "/mnt/sm"}).models_root == "/mnt/sm/models"
+
+
+def test_torch_mme_model_dir_wins_over_sagemaker_base_dir():
+    env = {"SAGEMAKER_BASE_DIR": "/mnt/sm", "TORCH_MME_MODEL_DIR": "/srv/models"}
+    assert Settings.from_env(env).models_root == "/srv/models"
+
+
+@pytest.mark.parametrize(
+    ("env", "seconds"),
+    [
+        (
+            {
+                "TORCH_MME_TIMEOUT_SECONDS": "7",
+                "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS": "8",
+                "SAGEMAKER_MODEL_SERVER_TIMEOUT": "9",
+            },
+            7,
+        ),
+        ({"SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS": "8", "SAGEMAKER_MODEL_SERVER_TIMEOUT": "9"}, 8),
+        ({"SAGEMAKER_MODEL_SERVER_TIMEOUT": "9"}, 9),
+        ({"TORCH_MME_TIMEOUT_SECONDS": "", "SAGEMAKER_MODEL_SERVER_TIMEOUT": "9"}, 9),
+        ({}, 60),
+    ],
+)
+def test_timeout_precedence_and_unit_is_seconds(env, seconds):
+    assert Settings.from_env(env).timeout_s == seconds
+
+
+@pytest.mark.parametrize("value", ["1", "true", "TRUE", "yes", "on"])
+def test_allow_unsafe_pickle_true_values(value):
+    assert Settings.from_env({"TORCH_MME_ALLOW_UNSAFE_PICKLE": value}).allow_unsafe_pickle is True
+
+
+@pytest.mark.parametrize("value", ["", "0", "false", "no", "off"])
+def test_allow_unsafe_pickle_false_values(value):
+    assert Settings.from_env({"TORCH_MME_ALLOW_UNSAFE_PICKLE": value}).allow_unsafe_pickle is False
+
+
+def test_empty_numeric_variables_fall_back_to_defaults():
+    env = {"SAGEMAKER_MODEL_SERVER_WORKERS": "", "SAGEMAKER_MAX_PAYLOAD_IN_MB": ""}
+    settings = Settings.from_env(env)
+    assert settings.workers_per_model == 1
+    assert settings.max_request_mb == 6
+
+
+def test_log_level_is_upper_cased():
+    assert Settings.from_env({"TORCH_MME_LOG_LEVEL": "debug"}).log_level == "DEBUG"
+
+
+def test_to_env_round_trip_of_defaults():
+    settings = Settings()
+    assert Settings.from_env(settings.to_env()) == settings
+
+
+def test_to_env_round_trip_of_every_field_changed():
+    settings = Settings(
+        host="0.0.0.0",
+        port=9000,
+        models_root="/srv/models",
+        workers_per_model=3,
+        timeout_s=17,
+        jvm_heap="2g",
+        vmargs="-XX:+UseG1GC",
+        max_request_mb=20,
+        default_accept="text/csv",
+        allow_unsafe_pickle=True,
+        run_dir="/tmp/run",
+        log_level="DEBUG",
+    )
+    # every field differs from its default, so the round trip covers them all
+    assert all(getattr(settings, f.name) != f.default for f in dataclasses.fields(Settings))
+    assert Settings.from_env(settings.to_env()) == settings
+
+
+def test_to_env_values_are_strings():
+    assert all(isinstance(v, str) for v in Settings(allow_unsafe_pickle=True).to_env().values())
+
+
+def test_with_overrides_ignores_none_and_unknown_names():
+    base = Settings(port=9000)
+    changed = base.with_overrides(port=None, timeout_s=5, not_a_setting="x")
+    assert changed.port == 9000
+    assert changed.timeout_s == 5
+    assert base.timeout_s == 60  # the original is untouched
+
+
+def test_with_overrides_keeps_false_and_zero():
+    changed = Settings(allow_unsafe_pickle=True).with_overrides(allow_unsafe_pickle=False, workers_per_model=0)
+    assert changed.allow_unsafe_pickle is False
+    assert changed.workers_per_model == 0
+
+
+def test_settings_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Settings().port = 1  # type: ignore[misc]
