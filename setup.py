@@ -1,12 +1,14 @@
 """torch-mme: a PyTorch bring-your-own-container for SageMaker multi-model endpoints."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="torch-mme",
     version="0.1.0",
     description="Host many PyTorch models behind one SageMaker multi-model endpoint (MMS + sagemaker-inference).",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["handler", "handler.*", "torch_mme", "torch_mme.*"]),

@@ -1,0 +1,32 @@
+# Quick start: `make demo` runs the main job, `make test` runs every test tier.
+PY := .venv/bin/python
+
+.PHONY: demo test test-unit test-integration bench lint clean
+
+demo:
+	EXTRAS=demo scripts/bootstrap.sh
+	$(PY) -m torch_mme.cli demo
+
+test:
+	EXTRAS=test scripts/bootstrap.sh
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+test-unit:
+	EXTRAS=test scripts/bootstrap.sh
+	$(PY) -m pytest -q tests/unit
+
+test-integration:
+	EXTRAS=test scripts/bootstrap.sh
+	$(PY) -m pytest -q tests/integration
+
+bench:
+	EXTRAS=test scripts/bootstrap.sh
+	$(PY) -m bench
+
+lint:
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+clean:
+	rm -rf .venv build *.egg-info .pytest_cache .ruff_cache
