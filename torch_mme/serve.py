@@ -56,7 +56,7 @@ def preflight(settings: Settings) -> socket.socket:
             "Java is not installed (no `java` on PATH or in JAVA_HOME): MMS needs a Java 11+ runtime, "
             "e.g. `apt-get install -y openjdk-17-jre-headless`"
         )
-    if not shutil.which("multi-model-server"):
+    if not shutil.which("multi-model-server", path=_search_path()):
         raise ServeError("multi-model-server is not on PATH: install this package into the active environment")
     if not 0 < settings.port < 32768:
         raise ServeError(f"port {settings.port} is out of range: MMS accepts 1-32767")
@@ -76,6 +76,11 @@ def preflight(settings: Settings) -> socket.socket:
     return sock
 
 
+def _search_path() -> str:
+    """PATH with this interpreter's bin folder first: a virtualenv's ``multi-model-server`` is found un-activated."""
+    return os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", os.defpath)])
+
+
 def prepare_run_dir(settings: Settings) -> Settings:
     run_dir = settings.run_dir or tempfile.mkdtemp(prefix="torch-mme-")
     os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
@@ -90,6 +95,7 @@ def mms_environment(settings: Settings) -> dict[str, str]:
         vmargs += f" -Xmx{settings.jvm_heap}"
     return {
         **settings.to_env(),
+        "PATH": _search_path(),
         "SAGEMAKER_MULTI_MODEL": "true",
         "SAGEMAKER_HANDLER": HANDLER_SERVICE,
         "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS": str(settings.timeout_s),
