@@ -11,6 +11,7 @@ import handler.entry
 from handler.entry import handle
 from handler.errors import ModelLoadError, ModelOutsideRoot
 from handler.service import PyTorchHandler
+from tests.unit.conftest import NET_CLASS
 
 X = [[1.0, 2.0, 3.0]]
 
@@ -126,18 +127,7 @@ def test_unexpected_exception_is_reported_as_a_load_error(run_dir, monkeypatch, 
     assert "KeyError" in found["message"]
 
 
-NET = """
-    import torch
-
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.linear = torch.nn.Linear(3, 2)
-
-        def forward(self, x):
-            return self.linear(x)
-"""
+NET = NET_CLASS
 
 
 def test_unsafe_pickle_refused_through_the_entry_point(run_dir, models, make_context):

@@ -12,6 +12,7 @@ import torch
 from handler.errors import ModelLoadError, ModelOutsideRoot, OutOfMemory
 from handler.service import PyTorchHandler, check_inside
 from handler.settings import Settings
+from tests.unit.conftest import NET_CLASS
 
 X = [[1.0, 2.0, 3.0], [-0.5, 0.25, 4.0]]
 
@@ -56,20 +57,7 @@ def test_state_dict_without_model_fn_is_refused(models, settings, make_context, 
 
 # (c) a whole pickled module
 
-NET_IN_INFERENCE = {
-    "code/inference.py": """
-    import torch
-
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.linear = torch.nn.Linear(3, 2)
-
-        def forward(self, x):
-            return self.linear(x)
-"""
-}
+NET_IN_INFERENCE = {"code/inference.py": NET_CLASS}
 
 NET_IN_HELPER = {
     "code/netdef.py": NET_IN_INFERENCE["code/inference.py"],
