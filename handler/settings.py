@@ -33,6 +33,16 @@ def _timeout_seconds(env: Mapping[str, str]) -> int:
     return 60
 
 
+EVICTION_MODES = ("sagemaker", "lru")
+
+
+def _eviction(value: str) -> str:
+    mode = value.strip().lower()
+    if mode not in EVICTION_MODES:
+        raise ValueError(f"TORCH_MME_EVICTION must be one of {EVICTION_MODES}, not {value!r}")
+    return mode
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the container can be told, with its default."""
@@ -58,6 +68,14 @@ class Settings:
     run_dir: str = ""
     """Private folder of one server instance (MMS config, socket, pid file, load reports)."""
     log_level: str = "INFO"
+    memory_budget_mb: int = 0
+    """Cap on the memory the container believes it has (0: the cgroup limit or the host's memory)."""
+    memory_headroom_mb: int = 256
+    """Memory kept free: a load that would leave less answers 507."""
+    worker_overhead_mb: int = 160
+    """Memory one worker process costs before any weights (Python + torch), counted in every estimate."""
+    eviction: str = "sagemaker"
+    """``sagemaker``: answer 507 and let the platform unload. ``lru``: unload least-recently-used models first."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -75,6 +93,10 @@ class Settings:
             allow_unsafe_pickle=env.get("TORCH_MME_ALLOW_UNSAFE_PICKLE", "").lower() in TRUE,
             run_dir=env.get("TORCH_MME_RUN_DIR", ""),
             log_level=env.get("TORCH_MME_LOG_LEVEL", cls.log_level).upper(),
+            memory_budget_mb=int(env.get("TORCH_MME_MEMORY_BUDGET_MB") or cls.memory_budget_mb),
+            memory_headroom_mb=int(env.get("TORCH_MME_MEMORY_HEADROOM_MB") or cls.memory_headroom_mb),
+            worker_overhead_mb=int(env.get("TORCH_MME_WORKER_OVERHEAD_MB") or cls.worker_overhead_mb),
+            eviction=_eviction(env.get("TORCH_MME_EVICTION", cls.eviction)),
         )
 
     def with_overrides(self, **overrides: object) -> "Settings":
@@ -97,4 +119,8 @@ class Settings:
             "TORCH_MME_ALLOW_UNSAFE_PICKLE": "true" if self.allow_unsafe_pickle else "false",
             "TORCH_MME_RUN_DIR": self.run_dir,
             "TORCH_MME_LOG_LEVEL": self.log_level,
+            "TORCH_MME_MEMORY_BUDGET_MB": str(self.memory_budget_mb),
+            "TORCH_MME_MEMORY_HEADROOM_MB": str(self.memory_headroom_mb),
+            "TORCH_MME_WORKER_OVERHEAD_MB": str(self.worker_overhead_mb),
+            "TORCH_MME_EVICTION": self.eviction,
         }

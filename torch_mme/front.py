@@ -1,31 +1,43 @@
 """The public HTTP face of the container: SageMaker's multi-model API in front of MMS.
 
-Requests pass through to MMS unchanged, except LoadModel (``POST /models``),
-which is checked first (a name MMS can route, a ``url`` inside the models
-root, a directory that exists) and cleaned up after: a failed load answers
-with the handler's own reason and never leaves the name registered. MMS keeps
-a model that failed with 507 registered with no workers (a retry would get
-409), so the front unregisters it.
+Requests pass through to MMS, with the container's own rules around them:
+
+- LoadModel (``POST /models``) is checked (a name MMS can route, a ``url``
+  inside the models root, a directory that exists) and admitted by memory
+  before any worker starts: a model that does not fit answers 507 at once,
+  or, in standalone mode (``TORCH_MME_EVICTION=lru``), least-recently-used
+  idle models are unloaded until it fits. A failed load answers with the
+  handler's own reason and never leaves the name registered (MMS keeps a
+  model that failed with 507 registered with no workers; a retry would get 409).
+- UnloadModel (``DELETE /models/N``) returns once the model's processes are gone.
+- GetModel adds the model's estimated and measured memory.
+- Invocations mark the model in use, so eviction never takes it mid-request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import re
+import time
 from urllib.parse import parse_qsl
 
 from aiohttp import web
 
 from handler import load_report
 from handler.settings import Settings
-from torch_mme.upstream import Upstream, UpstreamError
+from torch_mme import processes
+from torch_mme.admission import MB, Admission
+from torch_mme.registry import ModelRecord, Registry
+from torch_mme.upstream import Response, Upstream, UpstreamError
 
 log = logging.getLogger("torch_mme.front")
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,254}$")
 LOAD_TIMEOUT_S = 600.0
+UNLOAD_WAIT_S = 10.0
 
 
 def error(status: int, kind: str, message: str) -> web.Response:
@@ -33,23 +45,25 @@ def error(status: int, kind: str, message: str) -> web.Response:
     return web.json_response({"code": status, "type": kind, "message": message}, status=status)
 
 
-def _forwarded_headers(request: web.Request) -> list[tuple[str, str]]:
-    return list(request.headers.items())
-
-
-def _to_web(response) -> web.Response:
+def _to_web(response: Response) -> web.Response:
     return web.Response(status=response.status, body=response.body, headers=response.headers)
 
 
 class Front:
-    def __init__(self, settings: Settings, upstream: Upstream) -> None:
+    def __init__(self, settings: Settings, upstream: Upstream, root_pid: int | None = None) -> None:
         self.settings = settings
         self.upstream = upstream
         self.models_root = os.path.realpath(settings.models_root)
+        self.registry = Registry()
+        self.admission = Admission(settings, self.registry, root_pid)
+        self._admitting = asyncio.Lock()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_request_mb * 2**20, middlewares=[self._errors])
         app.router.add_post("/models", self.load_model)
+        app.router.add_get("/models/{name}", self.describe_model)
+        app.router.add_delete("/models/{name}", self.unload_model)
+        app.router.add_post("/models/{name}/invoke", self.invoke)
         app.router.add_route("*", "/{tail:.*}", self.forward)
         return app
 
@@ -68,16 +82,66 @@ class Front:
             log.error("%s %s: %s", request.method, request.path, exc)
             return error(502, "ModelServerUnavailable", str(exc))
 
-    async def forward(self, request: web.Request) -> web.Response:
+    async def _pass(self, request: web.Request, timeout: float | None = None) -> Response:
         body = await request.read()
-        timeout = self.settings.timeout_s + 30.0
-        response = await self.upstream.request(
-            request.method, request.path_qs, _forwarded_headers(request), body, timeout=timeout
+        return await self.upstream.request(
+            request.method,
+            request.path_qs,
+            list(request.headers.items()),
+            body,
+            timeout=timeout or self.settings.timeout_s + 30.0,
         )
+
+    async def forward(self, request: web.Request) -> web.Response:
+        return _to_web(await self._pass(request))
+
+    async def invoke(self, request: web.Request) -> web.Response:
+        with self.registry.in_use(request.match_info["name"]):
+            return _to_web(await self._pass(request))
+
+    async def describe_model(self, request: web.Request) -> web.Response:
+        response = await self._pass(request)
+        record = self.registry.get(request.match_info["name"])
+        if response.status != 200 or record is None:
+            return _to_web(response)
+        details = json.loads(response.body)
+        details["memory"] = {
+            "estimatedBytes": record.estimated_bytes,
+            "estimate": record.estimate_detail,
+            "measuredUssBytes": await asyncio.to_thread(self.admission.measure, record.name),
+            "lastUsedSecondsAgo": round(time.monotonic() - record.last_used, 3),
+            "inFlight": record.in_flight,
+        }
+        return web.json_response(details)
+
+    async def unload_model(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        response = await self._unload(name, reason="UnloadModel")
         return _to_web(response)
 
+    async def _unload(self, name: str, reason: str) -> Response:
+        """DELETE in MMS, then wait until the model's processes are gone, so its memory is back."""
+        before = await asyncio.to_thread(processes.model_processes, os.getpid(), name)
+        freed = await asyncio.to_thread(processes.uss, before)
+        started = time.monotonic()
+        response = await self.upstream.request("DELETE", f"/models/{name}", timeout=LOAD_TIMEOUT_S)
+        if response.status == 200:
+            self.registry.remove(name)
+            killed = await asyncio.to_thread(processes.wait_gone, before, UNLOAD_WAIT_S)
+            if killed:
+                log.warning("killed %d process(es) of %s that outlived its unload", len(killed), name)
+            log.info(
+                "unloaded %s (%s): %d process(es) gone, %.0f MB USS freed, %.2f s",
+                name,
+                reason,
+                len(before),
+                freed / MB,
+                time.monotonic() - started,
+            )
+        return response
+
     async def load_model(self, request: web.Request) -> web.Response:
-        """LoadModel: validate, forward, and on failure answer the handler's reason with no name left behind."""
+        """LoadModel: validate, admit by memory, forward; on failure answer the reason and leave nothing behind."""
         params = dict(parse_qsl(request.query_string))
         body = await request.read()
         if body:
@@ -92,37 +156,95 @@ class Front:
             name = os.path.basename(url.rstrip("/"))
         if not isinstance(name, str) or not MODEL_NAME.match(name):
             return error(400, "BadRequest", f"model_name {name!r} must be 1-255 letters, digits, '.', '_' or '-'")
-        problem = self._check_url(url)
+        url, problem = self._resolve_url(url)
         if problem is not None:
             return problem
+        if name in self.registry or name in self.registry.loading:
+            return error(409, "ConflictStatusException", f"Model {name} is already registered.")
+
+        estimate = await asyncio.to_thread(self.admission.estimate, url)
+        refusal = await self._admit(name, estimate.bytes)
+        if refusal is not None:
+            return refusal
+        try:
+            response = await self._load_in_mms(name, url, params)
+            if response.status == 507 and self.settings.eviction == "lru" and await self._evict_one(name):
+                response = await self._load_in_mms(name, url, params)  # the estimate was low: one more try
+        finally:
+            self.registry.loading.pop(name, None)
+        if response.status != 200:
+            return await self._failed_load(name, response)
+        record = ModelRecord(name, url, estimate.bytes, estimate.detail)
+        record.measured_bytes = await asyncio.to_thread(self.admission.measure, name)
+        self.registry.add(record)
+        log.info(
+            "loaded %s: estimated %.0f MB (%s), measured %.0f MB USS",
+            name,
+            estimate.bytes / MB,
+            estimate.detail,
+            record.measured_bytes / MB,
+        )
+        return _to_web(response)
+
+    async def _admit(self, name: str, needed: int) -> web.Response | None:
+        """Reserve room for the load, unloading LRU models first in standalone mode; a 507 response if it cannot."""
+        async with self._admitting:
+            while True:
+                verdict = await asyncio.to_thread(self.admission.check, needed)
+                if verdict.fits:
+                    self.registry.loading[name] = needed
+                    return None
+                if self.settings.eviction != "lru" or not await self._evict_one(name, verdict.reason(name)):
+                    log.warning("LoadModel %s refused (507): %s", name, verdict.reason(name))
+                    return error(507, "InsufficientMemory", verdict.reason(name))
+
+    async def _evict_one(self, for_name: str, why: str = "the load ran out of memory") -> bool:
+        candidates = self.registry.eviction_order()
+        if not candidates:
+            return False
+        victim = candidates[0]
+        idle = time.monotonic() - victim.last_used
+        log.info(
+            "evicting %s (least recently used, idle %.1f s, ~%.0f MB) to load %s: %s",
+            victim.name,
+            idle,
+            victim.reserved_bytes / MB,
+            for_name,
+            why,
+        )
+        response = await self._unload(victim.name, reason=f"evicted for {for_name}")
+        if response.status == 404:
+            self.registry.remove(victim.name)
+        return response.status in (200, 404)
+
+    async def _load_in_mms(self, name: str, url: str, params: dict) -> Response:
         load_report.discard(self.settings.run_dir, name)
         payload = json.dumps({**params, "model_name": name, "url": url}).encode()
-        response = await self.upstream.request(
+        return await self.upstream.request(
             "POST", "/models", [("Content-Type", "application/json")], payload, timeout=LOAD_TIMEOUT_S
         )
-        if response.status == 200 or response.status == 409:
-            return _to_web(response)
-        return await self._failed_load(name, response)
 
-    def _check_url(self, url: str) -> web.Response | None:
+    def _resolve_url(self, url: str) -> tuple[str, web.Response | None]:
+        """The absolute model directory for a LoadModel ``url`` (relative ones are under the models root)."""
         if url.startswith(("http://", "https://", "s3://", "file:")):
-            return error(400, "BadRequest", f"url must be a directory under {self.settings.models_root}, not {url}")
-        real = os.path.realpath(url if os.path.isabs(url) else os.path.join(self.models_root, url))
+            return url, error(400, "BadRequest", f"url must be a directory under {self.settings.models_root}")
+        path = url if os.path.isabs(url) else os.path.join(self.settings.models_root, url)
+        real = os.path.realpath(path)
         if os.path.commonpath([real, self.models_root]) != self.models_root:
-            return error(400, "ModelOutsideRoot", f"url {url} is outside the models root {self.settings.models_root}")
+            return url, error(
+                400, "ModelOutsideRoot", f"url {url} is outside the models root {self.settings.models_root}"
+            )
         if not os.path.isdir(real):
-            return error(404, "ModelNotFound", f"model directory {url} does not exist")
-        return None
+            return url, error(404, "ModelNotFound", f"model directory {url} does not exist")
+        return os.path.normpath(path), None
 
-    async def _failed_load(self, name: str, response) -> web.Response:
+    async def _failed_load(self, name: str, response: Response) -> web.Response:
+        if response.status == 409:
+            return _to_web(response)
         reason = load_report.take(self.settings.run_dir, name)
-        status = reason.get("code", response.status) if reason else response.status
-        if response.status == 507:
-            status = 507
+        status = 507 if response.status == 507 else (reason or {}).get("code", response.status)
         # MMS leaves a 507'd model registered with no workers; a later LoadModel would get 409.
-        cleanup = await self.upstream.request("DELETE", f"/models/{name}", timeout=LOAD_TIMEOUT_S)
-        if cleanup.status == 200:
-            log.info("unregistered %s after its failed load", name)
+        await self._unload(name, reason="failed load")
         if reason is None:
             return _to_web(response)
         log.warning("LoadModel %s failed (%d): %s", name, status, reason.get("message"))

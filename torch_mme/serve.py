@@ -124,6 +124,7 @@ class Server:
 
     def run(self) -> int:
         _become_subreaper()
+        signal.signal(signal.SIGCHLD, _reap_children)
         os.environ.update(mms_environment(self.settings))
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)

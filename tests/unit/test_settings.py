@@ -97,6 +97,10 @@ def test_to_env_round_trip_of_every_field_changed():
         allow_unsafe_pickle=True,
         run_dir="/tmp/run",
         log_level="DEBUG",
+        memory_budget_mb=2000,
+        memory_headroom_mb=64,
+        worker_overhead_mb=40,
+        eviction="lru",
     )
     # every field differs from its default, so the round trip covers them all
     assert all(getattr(settings, f.name) != f.default for f in dataclasses.fields(Settings))
@@ -124,3 +128,10 @@ def test_with_overrides_keeps_false_and_zero():
 def test_settings_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         Settings().port = 1  # type: ignore[misc]
+
+
+def test_an_unknown_eviction_mode_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="TORCH_MME_EVICTION"):
+        Settings.from_env({"TORCH_MME_EVICTION": "random"})

@@ -1,0 +1,155 @@
+"""Memory-aware loading against the real MMS, with a low memory budget set on purpose.
+
+Models declare their footprint in ``torch-mme.json``, so the budget decides
+how many fit whatever the machine has: 2000 MB with 100 MB headroom holds
+the server itself (~250 MB) and two 700 MB models, not three.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.integration.conftest import descendants, write_script_model, write_torchscript
+from torch_mme import processes
+from torch_mme.local_server import LocalServer
+
+BUDGET = {"TORCH_MME_MEMORY_BUDGET_MB": "2000", "TORCH_MME_MEMORY_HEADROOM_MB": "100"}
+SLOW = """
+    import time
+    import torch
+
+    def model_fn(model_dir):
+        return torch.nn.Identity()
+
+    def predict_fn(data, model):
+        time.sleep(float(data.flatten()[0]))
+        return model(data)
+"""
+
+
+def declared_model(root: Path, name: str, memory_mb: int = 700, source: str | None = None) -> str:
+    model_dir = root / name / "model"
+    if source is None:
+        write_torchscript(model_dir)
+    else:
+        write_script_model(model_dir, source)
+    (model_dir / "torch-mme.json").write_text(json.dumps({"memory_mb": memory_mb}))
+    return str(model_dir)
+
+
+def registered(server: LocalServer, name: str) -> bool:
+    return server.request("GET", f"/models/{name}")[0] == 200
+
+
+def test_sagemaker_mode_answers_507_when_the_next_model_does_not_fit(tmp_path):
+    dirs = {name: declared_model(tmp_path, name) for name in ("a", "b", "c")}
+    with LocalServer(str(tmp_path), env=BUDGET) as server:
+        assert server.load("a", dirs["a"])[0] == 200
+        assert server.load("b", dirs["b"])[0] == 200
+        started = time.monotonic()
+        status, body = server.load("c", dirs["c"])
+        assert status == 507 and "needs about 700 MB" in body["message"], body
+        assert time.monotonic() - started < 1.0  # refused before a worker starts
+        assert not registered(server, "c") and registered(server, "a") and registered(server, "b")
+        # the platform unloads one; the retry of the same name succeeds (no zombie, no 409)
+        assert server.unload("a") == 200
+        assert server.load("c", dirs["c"])[0] == 200
+        memory = json.loads(server.request("GET", "/models/c")[2])["memory"]
+        assert memory["estimatedBytes"] == 700 * 2**20 and memory["measuredUssBytes"] > 10 * 2**20
+
+
+def test_standalone_mode_evicts_the_least_recently_invoked_model(tmp_path):
+    dirs = {name: declared_model(tmp_path, name) for name in ("a", "b", "c")}
+    with LocalServer(str(tmp_path), env={**BUDGET, "TORCH_MME_EVICTION": "lru"}) as server:
+        assert server.load("a", dirs["a"])[0] == 200
+        assert server.load("b", dirs["b"])[0] == 200
+        assert server.invoke("a", b"[[1, 2, 3]]", "application/json")[0] == 200  # b is now the least recently used
+        assert server.load("c", dirs["c"])[0] == 200
+        assert registered(server, "a") and registered(server, "c") and not registered(server, "b")
+        assert processes.model_processes(server.process.pid, "b") == []
+
+
+def test_standalone_mode_never_evicts_a_model_serving_a_request(tmp_path):
+    dirs = {
+        "slow": declared_model(tmp_path, "slow", source=SLOW),
+        "b": declared_model(tmp_path, "b"),
+        "c": declared_model(tmp_path, "c"),
+    }
+    with LocalServer(str(tmp_path), env={**BUDGET, "TORCH_MME_EVICTION": "lru"}) as server:
+        assert server.load("slow", dirs["slow"])[0] == 200
+        assert server.load("b", dirs["b"])[0] == 200
+        answers = []
+        request = threading.Thread(target=lambda: answers.append(server.invoke("slow", b"[3.0]", "application/json")))
+        request.start()
+        time.sleep(0.5)
+        assert server.invoke("b", b"[[1, 2, 3]]", "application/json")[0] == 200  # slow is older but busy
+        assert server.load("c", dirs["c"])[0] == 200
+        request.join(30)
+        assert answers and answers[0][0] == 200 and json.loads(answers[0][2]) == [3.0]
+        assert registered(server, "slow") and not registered(server, "b")
+
+
+def test_standalone_mode_answers_507_when_nothing_can_be_unloaded(tmp_path):
+    big = declared_model(tmp_path, "big", memory_mb=5000)
+    small = declared_model(tmp_path, "small")
+    with LocalServer(str(tmp_path), env={**BUDGET, "TORCH_MME_EVICTION": "lru"}) as server:
+        assert server.load("small", small)[0] == 200
+        status, body = server.load("big", big)
+        assert status == 507 and "5000 MB" in body["message"]
+        assert not registered(server, "small")  # it was unloaded trying to make room
+        assert not registered(server, "big")
+
+
+def test_torch_allocator_failure_at_load_is_507_and_the_name_stays_free(tmp_path):
+    source = "import torch\n\ndef model_fn(model_dir):\n    return torch.empty(2**58, dtype=torch.uint8)\n"
+    write_script_model(tmp_path / "huge" / "model", source)
+    with LocalServer(str(tmp_path)) as server:
+        status, body = server.load("huge", str(tmp_path / "huge" / "model"))
+        assert status == 507 and "out of memory" in body["message"], body
+        assert not registered(server, "huge")
+        write_torchscript(tmp_path / "huge" / "model")
+        (tmp_path / "huge" / "model" / "code" / "inference.py").unlink()
+        assert server.load("huge", str(tmp_path / "huge" / "model"))[0] == 200
+
+
+def tree_uss(pid: int) -> int:
+    return processes.uss(processes.tree(pid))
+
+
+@pytest.mark.parametrize("cycles", [12])
+def test_unload_gives_memory_back_over_load_unload_cycles(tmp_path, cycles):
+    for name in ("x", "y"):
+        write_torchscript(tmp_path / name / "model")
+    with LocalServer(str(tmp_path)) as server:
+        run_dir_sockets = None
+        baseline = None
+        for cycle in range(cycles):
+            for name in ("x", "y"):
+                assert server.load(name, str(tmp_path / name / "model"))[0] == 200
+                assert server.invoke(name, b"[[1, 2, 3]]", "application/json")[0] == 200
+            for name in ("x", "y"):
+                assert server.unload(name) == 200
+                assert processes.model_processes(server.process.pid, name) == []  # gone when DELETE returns
+            if cycle == 1:  # after warm-up (Java's JIT and heap settle in the first cycles)
+                baseline = tree_uss(server.process.pid)
+                run_dir_sockets = len(_unix_sockets(server))
+                process_count = len(descendants(server.process.pid))
+        final = tree_uss(server.process.pid)
+        assert final <= baseline * 1.05, (baseline / 2**20, final / 2**20)
+        assert len(_unix_sockets(server)) <= run_dir_sockets
+        assert len(descendants(server.process.pid)) <= process_count
+
+
+def _unix_sockets(server: LocalServer) -> list:
+    connections = []
+    for process in descendants(server.process.pid):
+        with contextlib.suppress(psutil.Error):
+            connections += process.net_connections(kind="unix")
+    return connections

@@ -1,0 +1,90 @@
+"""Admission before loading: does a model fit, and (standalone mode) what to unload so it does.
+
+The estimate comes from the artifact, read without loading it (tensor bytes in
+the zip directory or safetensors header, or a size ``torch-mme.json``
+declares), plus one worker's own cost per worker. Free memory is what the
+container really has (cgroup limit minus usage, else the host's available
+memory), capped by ``TORCH_MME_MEMORY_BUDGET_MB`` when set, less the headroom.
+Under a budget, each loaded model is accounted at the larger of its estimate
+and its measured USS, so a model that declares more than it uses keeps its room.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from handler.memory import MemoryReading, estimate_weights, read_memory
+from handler.settings import Settings
+from torch_mme import processes
+from torch_mme.registry import Registry
+
+MB = 2**20
+LOAD_FACTOR = 1.2
+"""Weights are held once, plus transient copies while they load."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    bytes: int
+    detail: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    fits: bool
+    needed_bytes: int
+    free_bytes: int
+    basis: str
+
+    def reason(self, name: str) -> str:
+        return (
+            f"model {name} needs about {self.needed_bytes / MB:.0f} MB and {self.free_bytes / MB:.0f} MB "
+            f"are free ({self.basis})"
+        )
+
+
+class Admission:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        root_pid: int | None = None,
+        read: Callable[[], MemoryReading] = read_memory,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.root_pid = root_pid or os.getpid()
+        self.read = read
+
+    def estimate(self, model_dir: str) -> Estimate:
+        footprint = estimate_weights(model_dir)
+        if footprint.declared_bytes:
+            return Estimate(footprint.declared_bytes, footprint.detail)
+        workers = self.settings.workers_per_model * self.settings.worker_overhead_mb * MB
+        return Estimate(workers + int(footprint.weights_bytes * LOAD_FACTOR), footprint.detail)
+
+    def check(self, needed_bytes: int) -> Verdict:
+        """Whether ``needed_bytes`` more fit now, keeping the headroom."""
+        reading = self.read()
+        free = reading.available_bytes - sum(self.registry.loading.values())
+        basis = f"{reading.source}: {reading.available_bytes / MB:.0f} MB available"
+        if self.settings.memory_budget_mb:
+            used = self._base_uss() + self.registry.reserved_bytes()
+            budget_free = self.settings.memory_budget_mb * MB - used
+            if budget_free < free:
+                free = budget_free
+                basis = f"budget {self.settings.memory_budget_mb} MB, {used / MB:.0f} MB in use or reserved"
+        free -= self.settings.memory_headroom_mb * MB
+        return Verdict(
+            needed_bytes <= free, needed_bytes, max(free, 0), f"{basis}, {self.settings.memory_headroom_mb} MB headroom"
+        )
+
+    def measure(self, name: str) -> int:
+        """USS of the model's processes now."""
+        return processes.uss(processes.model_processes(self.root_pid, name))
+
+    def _base_uss(self) -> int:
+        """USS of everything below serve that is not a model's (serve, Java)."""
+        return processes.uss([p for p in processes.tree(self.root_pid) if processes.model_of(p) is None])

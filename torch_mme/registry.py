@@ -1,0 +1,78 @@
+"""What the front knows of the loaded models: footprint, last use, requests in flight.
+
+Every LoadModel, UnloadModel and invoke passes through the front, so this is
+the container's view of its models; MMS holds the workers. "Least recently
+used" is by last invoke (a model never invoked counts from its load).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelRecord:
+    name: str
+    url: str
+    estimated_bytes: int
+    estimate_detail: str = ""
+    measured_bytes: int = 0
+    loaded_at: float = field(default_factory=time.monotonic)
+    last_used: float = field(default_factory=time.monotonic)
+    in_flight: int = 0
+
+    @property
+    def reserved_bytes(self) -> int:
+        """What the model is accounted for: its estimate until measured more (declared sizes may exceed use)."""
+        return max(self.estimated_bytes, self.measured_bytes)
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._models: dict[str, ModelRecord] = {}
+        self.loading: dict[str, int] = {}
+        """Models being loaded now, with their estimates: admitted, not yet registered."""
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._models
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def get(self, name: str) -> ModelRecord | None:
+        return self._models.get(name)
+
+    def add(self, record: ModelRecord) -> None:
+        self._models[record.name] = record
+
+    def remove(self, name: str) -> ModelRecord | None:
+        return self._models.pop(name, None)
+
+    def records(self) -> list[ModelRecord]:
+        return list(self._models.values())
+
+    def reserved_bytes(self) -> int:
+        """Loaded models' reservations plus the estimates of loads in progress."""
+        return sum(r.reserved_bytes for r in self._models.values()) + sum(self.loading.values())
+
+    def eviction_order(self) -> list[ModelRecord]:
+        """Idle models, least recently used first; a model serving a request is never a candidate."""
+        idle = [r for r in self._models.values() if r.in_flight == 0]
+        return sorted(idle, key=lambda r: r.last_used)
+
+    @contextmanager
+    def in_use(self, name: str) -> Iterator[None]:
+        """Mark a request in flight (protects the model from eviction) and record its use."""
+        record = self._models.get(name)
+        if record is None:
+            yield
+            return
+        record.in_flight += 1
+        try:
+            yield
+        finally:
+            record.in_flight -= 1
+            record.last_used = time.monotonic()
