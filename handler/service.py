@@ -81,8 +81,17 @@ class PyTorchHandler:
         properties = context.system_properties
         model_dir = check_inside(properties["model_dir"], settings.models_root)
         dev = device.device_for(properties.get("gpu_id"))
+        device.admit(model_dir, dev, settings.memory_headroom_mb)
         self.model = model.load(model_dir, dev, settings.allow_unsafe_pickle, context, settings.default_accept)
         log.info("model %s loaded from %s on %s", getattr(context, "model_name", "?"), model_dir, dev)
+
+    def unload(self) -> None:
+        """Drop the model and give its memory back (GPU: the allocator's cache too)."""
+        from handler import device
+
+        dev = self.model.device if self.model is not None else None
+        self.model = None
+        device.release(dev)
 
     def preprocess(self, data: list[dict], context: Any) -> list[Item]:
         """Decode every item with its own Content-Type."""

@@ -45,6 +45,19 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         help="allow loading pickled whole modules (runs code from the file; TORCH_MME_ALLOW_UNSAFE_PICKLE)",
     )
     p.add_argument("--log-level", help="INFO, DEBUG, WARNING (TORCH_MME_LOG_LEVEL)")
+    p.add_argument(
+        "--evict",
+        dest="eviction",
+        choices=["sagemaker", "lru"],
+        help="sagemaker: answer 507 and let the platform unload (default); lru: unload least-recently-used models "
+        "to make room, for running outside SageMaker (TORCH_MME_EVICTION)",
+    )
+    p.add_argument(
+        "--memory-budget-mb", type=int, help="cap on the memory the container may use (TORCH_MME_MEMORY_BUDGET_MB)"
+    )
+    p.add_argument(
+        "--memory-headroom-mb", type=int, help="memory kept free (default 256; TORCH_MME_MEMORY_HEADROOM_MB)"
+    )
 
 
 def _demo_parser(sub: argparse._SubParsersAction) -> None:

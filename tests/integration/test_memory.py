@@ -153,3 +153,24 @@ def _unix_sockets(server: LocalServer) -> list:
         with contextlib.suppress(psutil.Error):
             connections += process.net_connections(kind="unix")
     return connections
+
+
+def test_out_of_memory_during_a_request_is_507_and_the_model_keeps_serving(tmp_path):
+    source = """
+        import torch
+
+        def model_fn(model_dir):
+            return torch.nn.Identity()
+
+        def predict_fn(data, model):
+            if float(data.flatten()[0]) < 0:
+                return torch.empty(2**58, dtype=torch.uint8)
+            return model(data)
+    """
+    write_script_model(tmp_path / "spiky" / "model", source)
+    with LocalServer(str(tmp_path)) as server:
+        assert server.load("spiky", str(tmp_path / "spiky" / "model"))[0] == 200
+        status, _, body = server.invoke("spiky", b"[-1.0]", "application/json")
+        assert status == 507 and json.loads(body)["type"] == "OutOfMemory"
+        status, _, body = server.invoke("spiky", b"[2.0]", "application/json")
+        assert status == 200 and json.loads(body) == [2.0]
