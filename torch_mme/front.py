@@ -168,8 +168,11 @@ class Front:
             return refusal
         try:
             response = await self._load_in_mms(name, url, params)
-            if response.status == 507 and self.settings.eviction == "lru" and await self._evict_one(name):
-                response = await self._load_in_mms(name, url, params)  # the estimate was low: one more try
+            if response.status == 507 and self.settings.eviction == "lru" and self.registry.eviction_order():
+                # the estimate was low: clear MMS's half-registered model, make room, try once more
+                await self._unload(name, reason="failed load")
+                if await self._evict_one(name):
+                    response = await self._load_in_mms(name, url, params)
         finally:
             self.registry.loading.pop(name, None)
         if response.status != 200:

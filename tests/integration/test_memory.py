@@ -174,3 +174,23 @@ def test_out_of_memory_during_a_request_is_507_and_the_model_keeps_serving(tmp_p
         assert status == 507 and json.loads(body)["type"] == "OutOfMemory"
         status, _, body = server.invoke("spiky", b"[2.0]", "application/json")
         assert status == 200 and json.loads(body) == [2.0]
+
+
+def test_standalone_mode_retries_a_load_that_ran_out_of_memory_after_evicting(tmp_path):
+    # the estimate says it fits, the load itself runs out of memory until another model is gone
+    source = """
+        import os
+        import torch
+
+        def model_fn(model_dir):
+            if os.path.exists(os.path.join(model_dir, "..", "..", "first-try-done")):
+                return torch.nn.Identity()
+            open(os.path.join(model_dir, "..", "..", "first-try-done"), "w").close()
+            raise MemoryError("the estimate was low")
+    """
+    write_script_model(tmp_path / "tight" / "model", source)
+    other = declared_model(tmp_path, "other")
+    with LocalServer(str(tmp_path), env={**BUDGET, "TORCH_MME_EVICTION": "lru"}) as server:
+        assert server.load("other", other)[0] == 200
+        assert server.load("tight", str(tmp_path / "tight" / "model"))[0] == 200
+        assert registered(server, "tight") and not registered(server, "other")
