@@ -1,20 +1,26 @@
-"""``python -m bench [--quick] [--out bench/results]``: run the benchmarks and write their results."""
+"""``python -m bench [--quick] [--only NAME] [--out bench/results]``: run the benchmarks and write their results."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from bench import serve_latency
+from bench import memory, serve_latency
+
+BENCHMARKS = {"serve_latency": serve_latency.run, "memory": memory.run}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse the command line and run the serve-latency benchmark."""
+    """Parse the command line and run the benchmarks, serve latency then memory, or the one named."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smoke size: a few seconds of measurement (< ~60 s)")
-    parser.add_argument("--out", default="bench/results", help="folder for serve_latency.json/.md (bench/results)")
+    parser.add_argument("--quick", action="store_true", help="smoke size: under ~1 minute per benchmark")
+    parser.add_argument("--only", choices=sorted(BENCHMARKS), help="run only this benchmark (default: all)")
+    parser.add_argument("--out", default="bench/results", help="folder for <benchmark>.json/.md (bench/results)")
     args = parser.parse_args(argv)
-    serve_latency.run(quick=args.quick, out_dir=args.out)
+    for name, run in BENCHMARKS.items():
+        if args.only in (None, name):
+            print(f"== {name}{' (quick)' if args.quick else ''}", file=sys.stderr)
+            run(quick=args.quick, out_dir=args.out)
     return 0
 
 

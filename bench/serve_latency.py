@@ -22,33 +22,37 @@ from __future__ import annotations
 
 import gc
 import http.client
-import importlib.metadata
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from bench.common import (
+    FEATURES,
+    JSON_TYPE,
+    OUTPUTS,
+    finish,
+    header_lines,
+    new_result,
+    request_body,
+    summarize,
+    tail,
+    write_model,
+    write_results,
+)
 from handler import model as handler_model
 from torch_mme.local_server import LocalServer
 
-JSON_TYPE = "application/json"
-FEATURES, OUTPUTS = 16, 4
 INVOKE_NAME = "bench-invoke"
 LOAD_PREFIX = "bench-load"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-VERSIONED = ("torch", "numpy", "multi-model-server", "sagemaker-inference", "aiohttp")
 
 
 @dataclass(frozen=True)
@@ -79,38 +83,6 @@ class CountingConnection(http.client.HTTPConnection):
     def connect(self) -> None:
         self.opened += 1
         super().connect()
-
-
-def write_model(model_dir: Path, seed: int) -> torch.nn.Module:
-    """A scripted ``nn.Linear(16, 4)`` saved as ``model_dir/model.pt``; returns the eager module."""
-    torch.manual_seed(seed)
-    module = torch.nn.Linear(FEATURES, OUTPUTS).eval()
-    model_dir.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.script(module).save(str(model_dir / "model.pt"))
-    return module
-
-
-def request_body(seed: int = 123) -> bytes:
-    """One row of 16 floats as a JSON body: ``[[x0, ..., x15]]``."""
-    row = np.random.default_rng(seed).standard_normal(FEATURES).round(4).tolist()
-    return json.dumps([row]).encode()
-
-
-def summarize(samples_s: list[float], scale: float, unit: str) -> dict[str, Any]:
-    """p50/p90/p99/mean/min/max of ``samples_s`` (seconds) in ``unit`` (``scale`` units per second)."""
-    values = np.asarray(samples_s) * scale
-    return {
-        "unit": unit,
-        "n": int(values.size),
-        "p50": float(np.percentile(values, 50)),
-        "p90": float(np.percentile(values, 90)),
-        "p99": float(np.percentile(values, 99)),
-        "mean": float(values.mean()),
-        "min": float(values.min()),
-        "max": float(values.max()),
-    }
 
 
 def split(total: int, parts: int) -> list[int]:
@@ -245,67 +217,6 @@ def measure_inproc_loads(models_root: Path, count: int) -> dict[str, Any]:
     return summarize(samples, 1e3, "ms")
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, else ``platform.processor()``."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def versions() -> dict[str, str]:
-    """Python and the installed versions of the packages that shape the numbers."""
-    found = {"python": platform.python_version()}
-    for dist in VERSIONED:
-        try:
-            found[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            found[dist] = "not installed"
-    return found
-
-
-def git_commit() -> tuple[str, bool | None]:
-    """(short commit, whether tracked files differ from it); ("unknown", None) outside git."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
-        )
-        if commit.returncode != 0:
-            return "unknown", None
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        return commit.stdout.strip(), bool(dirty.stdout.strip()) if dirty.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return "unknown", None
-
-
-def machine() -> dict[str, Any]:
-    """CPU count, platform string, CPU model and load average of this machine."""
-    return {
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "cpu_model": cpu_model(),
-        "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    """The last ``lines`` lines of a log file, for a failure message."""
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 def fmt_us(value: float) -> str:
     """Microseconds as ``83 µs`` or ``2.41 ms``."""
     return f"{value:.0f} µs" if value < 1000 else f"{value / 1000:.2f} ms"
@@ -313,18 +224,13 @@ def fmt_us(value: float) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     """The short human summary written next to the JSON."""
-    m, v, ratio = result["machine"], result["versions"], result["ratio"]
+    ratio = result["ratio"]
     inp, srv, load, inload = result["in_process"], result["serve"], result["load_model"], result["in_process_load"]
-    size = "quick" if result["quick"] else "full"
-    dirty = " (tracked files modified)" if result["git_dirty"] else ""
     rounds = ", ".join(f"{r:.1f}x" for r in ratio["per_round_p50"])
     lines = [
         "# serve latency: in-process vs. `torch-mme serve`",
         "",
-        f"- date (UTC): {result['date_utc']}; commit: `{result['git_commit']}`{dirty}; size: {size}",
-        f"- machine: {m['cpu_model']}, {m['cpu_count']} CPUs, {m['platform']}; "
-        f"load average {m['loadavg_start'][0]:.2f} -> {m['loadavg_end'][0]:.2f}",
-        "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+        *header_lines(result),
         f"- model: scripted `nn.Linear({FEATURES}, {OUTPUTS})`, JSON in/out, body {result['config']['body_bytes']} "
         f"bytes; serve over {srv['connections_opened']} keep-alive connection(s), 1 worker",
         "",
@@ -354,14 +260,7 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict[str, Any]:
     """Measure everything in one run; write ``serve_latency.json`` and ``.md`` to ``out_dir``; return the result."""
     sizes = QUICK if quick else FULL
     began = time.perf_counter()
-    result: dict[str, Any] = {
-        "benchmark": "serve_latency",
-        "quick": quick,
-        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    result["git_commit"], result["git_dirty"] = git_commit()
-    result["machine"] = machine()
-    result["versions"] = versions()
+    result = new_result("serve_latency", quick)
     body = request_body()
     result["config"] = {**asdict(sizes), "body_bytes": len(body), "torch_threads": torch.get_num_threads()}
 
@@ -399,16 +298,6 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict[str, Any]:
             finally:
                 server.stop()
 
-    result["machine"]["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    result["wall_s"] = time.perf_counter() - began
-    write_results(result, Path(out_dir))
+    finish(result, began)
+    write_results(result, markdown(result), Path(out_dir))
     return result
-
-
-def write_results(result: dict[str, Any], out_dir: Path) -> None:
-    """``serve_latency.json`` (all numbers) and ``serve_latency.md`` (the summary) in ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "serve_latency.json").write_text(json.dumps(result, indent=2) + "\n")
-    text = markdown(result)
-    (out_dir / "serve_latency.md").write_text(text)
-    print(text)
