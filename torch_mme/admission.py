@@ -67,9 +67,13 @@ class Admission:
 
     def check(self, needed_bytes: int) -> Verdict:
         """Whether ``needed_bytes`` more fit now, keeping the headroom."""
-        reading = self.read()
-        free = reading.available_bytes - sum(self.registry.loading.values())
-        basis = f"{reading.source}: {reading.available_bytes / MB:.0f} MB available"
+        loading = sum(self.registry.loading.values())
+        try:
+            reading = self.read()
+            free = reading.available_bytes - loading
+            basis = f"{reading.source}: {reading.available_bytes / MB:.0f} MB available"
+        except OSError:  # neither a cgroup nor /proc/meminfo (not Linux): only a budget can refuse
+            free, basis = 2**62, "memory not readable on this system"
         if self.settings.memory_budget_mb:
             used = self._base_uss() + self.registry.reserved_bytes()
             budget_free = self.settings.memory_budget_mb * MB - used

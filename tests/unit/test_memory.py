@@ -419,3 +419,17 @@ def test_a_missing_dir_has_no_footprint(tmp_path):
 def test_an_empty_dir(tmp_path):
     footprint = estimate_weights(str(model_dir(tmp_path)))
     assert footprint == Footprint(0, None, "total 0 B in 0 files")
+
+
+def test_admission_without_a_readable_memory_source_relies_on_the_budget(tmp_path):
+    from handler.settings import Settings
+    from torch_mme.admission import MB, Admission
+    from torch_mme.registry import Registry
+
+    def unreadable():
+        raise OSError("no /proc/meminfo")
+
+    admission = Admission(Settings(), Registry(), read=unreadable)
+    assert admission.check(10_000 * MB).fits
+    budgeted = Admission(Settings(memory_budget_mb=100), Registry(), read=unreadable)
+    assert not budgeted.check(10_000 * MB).fits
