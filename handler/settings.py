@@ -56,8 +56,8 @@ class Settings:
     workers_per_model: int = 1
     timeout_s: int = 60
     """Response timeout of one request, in seconds."""
-    jvm_heap: str = "1g"
-    """Cap on the MMS Java heap (``-Xmx``) unless SAGEMAKER_MODEL_SERVER_VMARGS sets one."""
+    jvm_heap: str = "128m"
+    """The MMS Java heap (fixed: ``-Xms`` = ``-Xmx``) unless SAGEMAKER_MODEL_SERVER_VMARGS sets one."""
     vmargs: str = ""
     max_request_mb: int = 6
     """Largest request body accepted, in MiB (``SAGEMAKER_MAX_PAYLOAD_IN_MB``)."""

@@ -33,7 +33,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         help="response timeout in seconds (default 60; SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS)",
     )
-    p.add_argument("--jvm-heap", help="cap on the MMS Java heap, e.g. 512m (default 1g; TORCH_MME_JVM_HEAP)")
+    p.add_argument("--jvm-heap", help="the MMS Java heap, e.g. 512m (default 128m; TORCH_MME_JVM_HEAP)")
     p.add_argument(
         "--max-request-mb", type=int, help="largest request body in MiB (default 6; SAGEMAKER_MAX_PAYLOAD_IN_MB)"
     )
