@@ -82,7 +82,7 @@ def versions() -> dict[str, str]:
 
 
 def git_commit() -> tuple[str, bool | None]:
-    """(short commit, whether tracked files differ from it); ("unknown", None) outside git."""
+    """(short commit, whether tracked files other than the results differ from it); ("unknown", None) outside git."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
@@ -90,7 +90,7 @@ def git_commit() -> tuple[str, bool | None]:
         if commit.returncode != 0:
             return "unknown", None
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results"],
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,
