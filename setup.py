@@ -22,10 +22,17 @@ setup(
         "numpy>=1.24",
         "psutil>=5.9",
         "aiohttp>=3.9",
+        "boto3>=1.28",
     ],
     extras_require={
         "demo": ["scikit-learn>=1.3"],
-        "test": ["pytest>=7", "pytest-timeout>=2.2", "requests>=2.31", "scikit-learn>=1.3", "ruff>=0.5"],
+        "test": [
+            "pytest>=7",
+            "pytest-timeout>=2.2",
+            "scikit-learn>=1.3",
+            "ruff>=0.5",
+            "moto[server]>=5",
+        ],
     },
     entry_points={"console_scripts": ["torch-mme=torch_mme.cli:main"]},
 )

@@ -8,6 +8,8 @@ import os
 import sys
 
 from handler.settings import Settings
+from torch_mme import packaging
+from torch_mme.endpoint import main as endpoint_main
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -71,12 +73,19 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     _demo_parser(sub)
+    endpoint_main.add_parser(sub)
+    packaging.add_parser(sub)
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k != "command"}
-    settings = Settings.from_env().with_overrides(**overrides)
+    settings = Settings.from_env()
+    if args.command == "serve":
+        settings = settings.with_overrides(**{k: v for k, v in vars(args).items() if k != "command"})
     logging.basicConfig(
         level=settings.log_level, stream=sys.stderr, format="%(asctime)s [%(levelname)s] %(name)s - %(message)s"
     )
+    if args.command == "endpoint":
+        return endpoint_main.run(args)
+    if args.command == "package":
+        return packaging.run(args)
     if args.command == "serve":
         from torch_mme.serve import serve
 

@@ -140,3 +140,92 @@ class LocalServer:
 
     def unload(self, name: str) -> int:
         return self.request("DELETE", f"/models/{name}", timeout=120)[0]
+
+
+class LocalEndpoint:
+    """``torch-mme endpoint`` as a child process: ``with LocalEndpoint(store) as endpoint: endpoint.client()``."""
+
+    def __init__(
+        self,
+        model_store: str,
+        models_root: str,
+        container_url: str | None = None,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        log: IO[Any] | None = None,
+        start_timeout: float = 120.0,
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [
+            sys.executable,
+            "-m",
+            "torch_mme.cli",
+            "endpoint",
+            "--model-store",
+            model_store,
+            "--port",
+            str(self.port),
+            "--models-root",
+            models_root,
+            *(args or []),
+        ]
+        if container_url:
+            command += ["--container-url", container_url, "--container-models-root", models_root]
+        self.command = command
+        self.env = {**os.environ, **(env or {})}
+        self.log = log
+        self.start_timeout = start_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "LocalEndpoint":
+        self.process = subprocess.Popen(
+            self.command, env=self.env, stdout=self.log or subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"torch-mme endpoint exited with {self.process.returncode} before it was ready")
+            try:
+                with urllib.request.urlopen(self.url + "/ping", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"torch-mme endpoint was not ready within {self.start_timeout:.0f} s")
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(5)
+
+    def __enter__(self) -> "LocalEndpoint":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def client(self) -> Any:
+        """A boto3 sagemaker-runtime client for this endpoint (any credentials; no retries: errors show as they are)."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "sagemaker-runtime",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id="local",
+            aws_secret_access_key="local",
+            config=Config(retries={"max_attempts": 1, "mode": "standard"}, read_timeout=120),
+        )
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as response:
+            return response.read().decode()
