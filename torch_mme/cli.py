@@ -63,8 +63,11 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _demo_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="build example models, serve them, invoke each with its own input type, stop")
-    p.add_argument("--port", type=int, default=0, help="port for the demo server (default: a free one)")
+    p = sub.add_parser(
+        "demo",
+        help="build example models, pack them into a store, serve them behind the endpoint, invoke each with boto3",
+    )
+    p.add_argument("--port", type=int, default=0, help="port for the demo endpoint (default: a free one)")
     p.add_argument("--workdir", help="where to write the example models (default: a temporary folder)")
 
 

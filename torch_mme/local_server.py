@@ -154,8 +154,9 @@ class LocalEndpoint:
         args: list[str] | None = None,
         log: IO[Any] | None = None,
         start_timeout: float = 120.0,
+        port: int | None = None,
     ) -> None:
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [
             sys.executable,
