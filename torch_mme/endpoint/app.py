@@ -10,7 +10,7 @@ import logging
 
 from aiohttp import web
 
-from torch_mme.endpoint.errors import EndpointError, ValidationError
+from torch_mme.endpoint.errors import EndpointError, InternalFailure, ValidationError
 from torch_mme.endpoint.metrics import Metrics
 from torch_mme.endpoint.router import Router
 
@@ -38,6 +38,9 @@ def make_app(router: Router, metrics: Metrics) -> web.Application:
             return _failed(metrics, ValidationError(f"request body is larger than {MAX_PAYLOAD_BYTES} bytes"), 413)
         except EndpointError as error:
             return _failed(metrics, error)
+        except Exception:
+            log.exception("invocation of %s failed", request.headers.get(TARGET))
+            return _failed(metrics, InternalFailure("the endpoint failed; see its log"))
         metrics.count("Invocations")
         response_headers = {"x-Amzn-Invoked-Production-Variant": "AllTraffic"}
         for name in ("Content-Type", "X-Amzn-SageMaker-Custom-Attributes"):

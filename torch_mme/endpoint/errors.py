@@ -57,3 +57,10 @@ class ServiceUnavailable(EndpointError):
 
     status = 503
     kind = "ServiceUnavailable"
+
+
+class InternalFailure(EndpointError):
+    """A bug on our side (500); the traceback is in the endpoint's log."""
+
+    status = 500
+    kind = "InternalFailure"
