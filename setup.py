@@ -23,6 +23,7 @@ setup(
         "psutil>=5.9",
         "aiohttp>=3.9",
         "boto3>=1.28",
+        "setproctitle>=1.3",
     ],
     extras_require={
         "demo": ["scikit-learn>=1.3"],

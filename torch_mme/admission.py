@@ -62,7 +62,7 @@ class Admission:
         footprint = estimate_weights(model_dir)
         if footprint.declared_bytes:
             return Estimate(footprint.declared_bytes, footprint.detail)
-        workers = self.settings.workers_per_model * self.settings.worker_overhead_mb * MB
+        workers = self.settings.workers_per_model * self.settings.model_overhead_mb * MB
         return Estimate(workers + int(footprint.weights_bytes * LOAD_FACTOR), footprint.detail)
 
     def check(self, needed_bytes: int) -> Verdict:

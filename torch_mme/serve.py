@@ -34,6 +34,7 @@ from importlib import resources
 import psutil
 
 from handler.settings import Settings
+from torch_mme import forking
 
 log = logging.getLogger("torch_mme.serve")
 
@@ -141,6 +142,9 @@ class Server:
         _become_subreaper()
         signal.signal(signal.SIGCHLD, _reap_children)
         os.environ.update(mms_environment(self.settings))
+        if self.settings.fork_server:
+            os.environ.update(forking.install(self.settings.run_dir))
+            forking.TemplateSupervisor(os.environ[forking.SOCKET_ENV], self.stopping).start()
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         threading.Thread(target=self._run_front, name="front", daemon=True).start()

@@ -101,6 +101,7 @@ def test_to_env_round_trip_of_every_field_changed():
         memory_headroom_mb=64,
         worker_overhead_mb=40,
         eviction="lru",
+        fork_server=False,
     )
     # every field differs from its default, so the round trip covers them all
     assert all(getattr(settings, f.name) != f.default for f in dataclasses.fields(Settings))

@@ -1,0 +1,94 @@
+"""Wiring the template into MMS: a launcher as MMS's "python", and a supervisor that keeps the template alive.
+
+MMS runs ``<python> model_service_worker.py ...`` per model, where ``<python>``
+is the interpreter of the ``multi-model-server`` script (``sys.executable``).
+``serve`` puts a ``multi-model-server`` of its own first on PATH that sets
+``sys.executable`` to the launcher before starting MMS: nothing of MMS is
+patched or copied. If the template dies, the launcher falls back to a fresh
+Python (today's slow path) until the supervisor has restarted it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from importlib import resources
+
+log = logging.getLogger("torch_mme.forking")
+
+SOCKET_ENV = "TORCH_MME_TEMPLATE_SOCKET"
+READY_TIMEOUT_S = 60.0
+RESTART_BACKOFF_S = 1.0
+
+
+def install(run_dir: str) -> dict[str, str]:
+    """Write the launcher and the ``multi-model-server`` shim into ``<run_dir>/bin``; the environment that uses them."""
+    bin_dir = os.path.join(run_dir, "bin")
+    os.makedirs(bin_dir, exist_ok=True)
+    launcher = os.path.join(bin_dir, "mms-python")
+    source = (resources.files("torch_mme") / "launcher.py").read_text()
+    _write_executable(launcher, f"#!{sys.executable} -IS\n" + source.replace("@REAL_PYTHON@", sys.executable))
+    _write_executable(
+        os.path.join(bin_dir, "multi-model-server"),
+        f"#!{sys.executable}\n"
+        "import sys\n"
+        f"sys.executable = {launcher!r}  # MMS starts each model's process with this\n"
+        "from mms.model_server import start\n"
+        "sys.exit(start())\n",
+    )
+    return {
+        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", os.defpath)]),
+        SOCKET_ENV: os.path.join(run_dir, "template.sock"),
+    }
+
+
+def _write_executable(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o755)
+
+
+class TemplateSupervisor:
+    """Starts the template, restarts it if it dies, stops it with the server."""
+
+    def __init__(self, socket_path: str, stopping: threading.Event) -> None:
+        self.socket_path = socket_path
+        self.stopping = stopping
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        self._spawn()
+        threading.Thread(target=self._watch, name="template-watch", daemon=True).start()
+
+    def _spawn(self) -> None:
+        started = time.monotonic()
+        self.process = subprocess.Popen([sys.executable, "-m", "torch_mme.template", self.socket_path])
+        while not os.path.exists(self.socket_path):
+            if self.process.poll() is not None or time.monotonic() - started > READY_TIMEOUT_S:
+                log.warning("the template did not start; model processes start the slow way (a fresh Python)")
+                return
+            time.sleep(0.02)
+        log.info(
+            "template ready in %.2f s (pid %d): model processes fork from it",
+            time.monotonic() - started,
+            self.process.pid,
+        )
+
+    def _watch(self) -> None:
+        while not self.stopping.is_set():
+            process = self.process
+            status = process.wait() if process is not None else None
+            if self.stopping.is_set():
+                return
+            self.restarts += 1
+            log.warning("the template exited (%s); loads take the slow path until it is back; restarting", status)
+            if os.path.exists(self.socket_path):
+                os.remove(self.socket_path)
+            time.sleep(min(RESTART_BACKOFF_S * self.restarts, 30.0))
+            if not self.stopping.is_set():
+                self._spawn()

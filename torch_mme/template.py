@@ -1,0 +1,214 @@
+"""The template: one long-lived process with torch and the handler imported, forking model processes on demand.
+
+A cold LoadModel used to spend about a second in a fresh interpreter
+importing torch, and every model paid ~145 MB for its own copy. The template
+imports all of that once; each model's process is forked from it and shares
+those pages copy-on-write (``gc.freeze`` keeps the collector from touching
+them). Fork safety: the template starts no threads, touches no GPU (importing
+torch does neither) and holds no sockets but its own listener, which children
+close; children reseed every random generator.
+
+Protocol (from ``torch_mme.launcher``): a length-prefixed JSON request
+``{"argv", "env", "cwd"}`` with the launcher's fds 0-2 attached (SCM_RIGHTS);
+the template answers ``pid <n>`` and later ``exit <status>``. If the launcher
+goes away first (MMS killed it), the forked process group is killed.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import gc
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import traceback
+
+MAX_REQUEST = 4 * 2**20
+
+
+def preload() -> None:
+    """Everything a model process imports, so children start with it in memory."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # what MMS's worker sets before torch loads
+    import mms.model_service_worker  # noqa: F401
+    import numpy  # noqa: F401
+    import setproctitle
+    import torch  # noqa: F401
+
+    import handler.codecs  # noqa: F401
+    import handler.device  # noqa: F401
+    import handler.entry  # noqa: F401
+    import handler.model  # noqa: F401
+
+    setproctitle.getproctitle()  # set up now: children rename themselves after os.environ has changed
+    gc.collect()
+    gc.freeze()
+
+
+def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
+    fds = array.array("i")
+    header, ancillary, _, _ = conn.recvmsg(4, socket.CMSG_SPACE(3 * fds.itemsize))
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+    if len(header) != 4 or len(fds) != 3:
+        raise ValueError("malformed request")
+    (size,) = struct.unpack("!I", header)
+    if size > MAX_REQUEST:
+        raise ValueError("request too large")
+    payload = b""
+    while len(payload) < size:
+        chunk = conn.recv(size - len(payload))
+        if not chunk:
+            raise ValueError("truncated request")
+        payload += chunk
+    return json.loads(payload), list(fds)
+
+
+def _become_model_process(request: dict, fds: list[int]) -> None:
+    """In the forked child: take the launcher's streams, arguments, environment and folder, then run MMS's worker."""
+    import random
+    import runpy
+
+    import numpy
+    import torch
+    from setproctitle import setproctitle
+
+    os.setpgid(0, 0)
+    for signo in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+        signal.signal(signo, signal.SIG_DFL)
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    sys.stdout.reconfigure(line_buffering=True)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    sys.path[:0] = [p for p in extra if p not in sys.path]
+    argv = request["argv"]
+    sys.argv = list(argv)
+    setproctitle(" ".join([sys.executable, *argv]))  # MMS's command line: how serve finds a model's processes
+    random.seed()
+    numpy.random.seed()
+    torch.seed()
+    runpy.run_path(argv[0], run_name="__main__")
+
+
+class Template:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.selector = selectors.DefaultSelector()
+        self.children: dict[int, socket.socket] = {}  # pid -> launcher connection
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.wakeup_r, self.wakeup_w = os.pipe()
+
+    def serve(self) -> None:
+        if os.path.exists(self.path):
+            os.remove(self.path)
+        self.listener.bind(self.path)
+        self.listener.listen(64)
+        os.set_blocking(self.wakeup_w, False)
+        signal.set_wakeup_fd(self.wakeup_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.selector.register(self.listener, selectors.EVENT_READ, "accept")
+        self.selector.register(self.wakeup_r, selectors.EVENT_READ, "signal")
+        print(f"torch-mme template ready (pid {os.getpid()}, {self.path})", file=sys.stderr, flush=True)
+        while True:
+            for key, _ in self.selector.select():
+                if key.data == "accept":
+                    self._accept()
+                elif key.data == "signal":
+                    os.read(self.wakeup_r, 4096)
+                    self._reap()
+                else:
+                    self._launcher_gone(key.fileobj)
+
+    def _accept(self) -> None:
+        conn, _ = self.listener.accept()
+        try:
+            request, fds = _receive(conn)
+        except (OSError, ValueError) as exc:
+            print(f"torch-mme template: bad request: {exc}", file=sys.stderr, flush=True)
+            conn.close()
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            status = 1
+            try:
+                self._close_inherited(conn)
+                _become_model_process(request, fds)
+                status = 0
+            except SystemExit as exc:
+                status = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(status)
+        with contextlib.suppress(OSError):
+            os.setpgid(pid, pid)  # also set by the child; whichever runs first, killpg works from here on
+        for fd in fds:
+            os.close(fd)
+        self.children[pid] = conn
+        conn.sendall(f"pid {pid}\n".encode())
+        self.selector.register(conn, selectors.EVENT_READ, pid)
+
+    def _close_inherited(self, conn: socket.socket) -> None:
+        signal.set_wakeup_fd(-1)
+        for sock in [self.listener, conn, *self.children.values()]:
+            sock.close()
+        os.close(self.wakeup_r)
+        os.close(self.wakeup_w)
+        self.selector.close()
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            conn = self.children.pop(pid, None)
+            if conn is not None:
+                code = os.waitstatus_to_exitcode(status)
+                self._send_and_close(conn, f"exit {code if code >= 0 else 128 - code}\n")
+
+    def _launcher_gone(self, conn: socket.socket) -> None:
+        """MMS killed the launcher (unload, timeout): the model's processes go with it."""
+        try:
+            if conn.recv(1):
+                return
+        except OSError:
+            pass
+        pid = next((p for p, c in self.children.items() if c is conn), None)
+        if pid is not None:
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+        self.selector.unregister(conn)
+        conn.close()
+
+    def _send_and_close(self, conn: socket.socket, message: str) -> None:
+        with contextlib.suppress(OSError):
+            conn.sendall(message.encode())
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(conn)
+        conn.close()
+
+
+def main() -> None:
+    path = sys.argv[1]
+    preload()
+    Template(path).serve()
+
+
+if __name__ == "__main__":
+    main()
