@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import memory, serve_latency
+from bench import cold_start, endpoint, memory, serve_latency
 
-BENCHMARKS = {"serve_latency": serve_latency.run, "memory": memory.run}
+BENCHMARKS = {
+    "serve_latency": serve_latency.run,
+    "memory": memory.run,
+    "cold_start": cold_start.run,
+    "endpoint": endpoint.run,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse the command line and run the benchmarks, serve latency then memory, or the one named."""
+    """Parse the command line and run the benchmarks, serve latency, memory, then endpoint, or the one named."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smoke size: under ~1 minute per benchmark")
     parser.add_argument("--only", choices=sorted(BENCHMARKS), help="run only this benchmark (default: all)")
