@@ -44,6 +44,10 @@ class ModelNotFound(ModelLoadError):
     status = 404
 
 
+class DependencyInstallError(ModelLoadError):
+    """The model's ``code/requirements.txt`` could not be installed (500 at LoadModel); the message has pip's reason."""
+
+
 class ModelOutsideRoot(ModelLoadError):
     """A LoadModel ``url`` that resolves outside the models root (400)."""
 

@@ -74,12 +74,17 @@ class PyTorchHandler:
         self.model = None
 
     def initialize(self, context: Any) -> None:
-        """Load the model MMS points at: check the path, pick the device, load, ``eval()``."""
-        from handler import device, model  # torch is imported when a model loads, not before
+        """Load the model MMS points at: check the path, install its requirements, pick the device, load, ``eval()``."""
+        from handler import requirements
 
         settings = self.settings or Settings.from_env()
         properties = context.system_properties
         model_dir = check_inside(properties["model_dir"], settings.models_root)
+        # before torch and the user's code are imported: the model's own packages come first on sys.path
+        requirements.prepare(model_dir, settings, getattr(context, "model_name", "?"))
+
+        from handler import device, model  # torch is imported when a model loads, not before
+
         dev = device.device_for(properties.get("gpu_id"))
         device.admit(model_dir, dev, settings.memory_headroom_mb)
         self.model = model.load(model_dir, dev, settings.allow_unsafe_pickle, context, settings.default_accept)

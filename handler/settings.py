@@ -33,6 +33,18 @@ def _timeout_seconds(env: Mapping[str, str]) -> int:
     return 60
 
 
+def default_deps_dir(env: Mapping[str, str] | None = None) -> str:
+    """Where per-model requirements are installed unless TORCH_MME_DEPS_DIR says: the user's cache.
+
+    ``$XDG_CACHE_HOME/torch-mme/deps`` (``~/.cache/torch-mme/deps``): it outlives a model's
+    reload and a server run, and is shared by every model process of that user. ``serve``
+    resolves it once and exports it (its workers run with a per-run TMPDIR).
+    """
+    env = os.environ if env is None else env
+    cache = env.get("XDG_CACHE_HOME") or os.path.join(env.get("HOME") or os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "torch-mme", "deps")
+
+
 EVICTION_MODES = ("sagemaker", "lru")
 
 
@@ -79,6 +91,16 @@ class Settings:
     """Start model processes by forking a template that has torch imported (fast cold start, shared memory)."""
     eviction: str = "sagemaker"
     """``sagemaker``: answer 507 and let the platform unload. ``lru``: unload least-recently-used models first."""
+    install_requirements: bool = True
+    """Install a model's ``code/requirements.txt`` when it loads (``TORCH_MME_INSTALL_REQUIREMENTS``)."""
+    deps_dir: str = ""
+    """Folder of the per-model dependency folders ('': ``default_deps_dir()``, which ``serve`` exports)."""
+    wheelhouse: str = ""
+    """A folder of wheels for every model, searched with the model's ``code/wheels`` before any index."""
+    pip_index: str = ""
+    """'': pip's own configuration; ``off``: never use an index; else the index URL to use."""
+    pip_timeout_s: int = 600
+    """Longest a model's pip install may take (also bounded by the load's own timeout, ``timeout_s``)."""
 
     @property
     def model_overhead_mb(self) -> int:
@@ -107,6 +129,11 @@ class Settings:
             worker_overhead_mb=int(env.get("TORCH_MME_WORKER_OVERHEAD_MB") or cls.worker_overhead_mb),
             fork_server=env.get("TORCH_MME_FORK_SERVER", "true").lower() in TRUE,
             eviction=_eviction(env.get("TORCH_MME_EVICTION", cls.eviction)),
+            install_requirements=(env.get("TORCH_MME_INSTALL_REQUIREMENTS") or "true").lower() in TRUE,
+            deps_dir=env.get("TORCH_MME_DEPS_DIR", cls.deps_dir),
+            wheelhouse=env.get("TORCH_MME_WHEELHOUSE", cls.wheelhouse),
+            pip_index=env.get("TORCH_MME_PIP_INDEX", cls.pip_index).strip(),
+            pip_timeout_s=int(env.get("TORCH_MME_PIP_TIMEOUT_S") or cls.pip_timeout_s),
         )
 
     def with_overrides(self, **overrides: object) -> "Settings":
@@ -134,4 +161,9 @@ class Settings:
             "TORCH_MME_WORKER_OVERHEAD_MB": str(self.worker_overhead_mb),
             "TORCH_MME_FORK_SERVER": "true" if self.fork_server else "false",
             "TORCH_MME_EVICTION": self.eviction,
+            "TORCH_MME_INSTALL_REQUIREMENTS": "true" if self.install_requirements else "false",
+            "TORCH_MME_DEPS_DIR": self.deps_dir,
+            "TORCH_MME_WHEELHOUSE": self.wheelhouse,
+            "TORCH_MME_PIP_INDEX": self.pip_index,
+            "TORCH_MME_PIP_TIMEOUT_S": str(self.pip_timeout_s),
         }

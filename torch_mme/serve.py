@@ -33,7 +33,7 @@ from importlib import resources
 
 import psutil
 
-from handler.settings import Settings
+from handler.settings import Settings, default_deps_dir
 from torch_mme import forking
 
 log = logging.getLogger("torch_mme.serve")
@@ -98,7 +98,8 @@ def _search_path() -> str:
 def prepare_run_dir(settings: Settings) -> Settings:
     run_dir = settings.run_dir or tempfile.mkdtemp(prefix="torch-mme-")
     os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
-    return settings.with_overrides(run_dir=run_dir)
+    # per-model requirements outlive this run: resolved here, not from the workers' per-run TMPDIR
+    return settings.with_overrides(run_dir=run_dir, deps_dir=settings.deps_dir or default_deps_dir())
 
 
 def mms_environment(settings: Settings) -> dict[str, str]:

@@ -43,6 +43,7 @@ def preload() -> None:
     import handler.device  # noqa: F401
     import handler.entry  # noqa: F401
     import handler.model  # noqa: F401
+    import handler.requirements  # noqa: F401
 
     setproctitle.getproctitle()  # set up now: children rename themselves after os.environ has changed
     gc.collect()

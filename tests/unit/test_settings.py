@@ -102,6 +102,11 @@ def test_to_env_round_trip_of_every_field_changed():
         worker_overhead_mb=40,
         eviction="lru",
         fork_server=False,
+        install_requirements=False,
+        deps_dir="/srv/deps",
+        wheelhouse="/srv/wheels",
+        pip_index="off",
+        pip_timeout_s=30,
     )
     # every field differs from its default, so the round trip covers them all
     assert all(getattr(settings, f.name) != f.default for f in dataclasses.fields(Settings))
