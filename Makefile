@@ -1,7 +1,7 @@
 # Quick start: `make demo` runs the main job, `make test` runs every test tier.
 PY := .venv/bin/python
 
-.PHONY: demo test test-unit test-integration bench lint clean
+.PHONY: demo test test-unit test-integration test-container image bench lint clean
 
 demo:
 	EXTRAS=demo scripts/bootstrap.sh
@@ -19,6 +19,13 @@ test-unit:
 test-integration:
 	EXTRAS=test scripts/bootstrap.sh
 	$(PY) -m pytest -q tests/integration
+
+test-container:
+	EXTRAS=test scripts/bootstrap.sh
+	$(PY) -m pytest -q -m container tests/container
+
+image:
+	./docker-build.sh
 
 bench:
 	EXTRAS=test scripts/bootstrap.sh

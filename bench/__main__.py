@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import cold_start, endpoint, memory, serve_latency
+from bench import cold_start, container, endpoint, memory, serve_latency
 
 BENCHMARKS = {
     "serve_latency": serve_latency.run,
     "memory": memory.run,
     "cold_start": cold_start.run,
     "endpoint": endpoint.run,
+    "container": container.run,
 }
+ON_REQUEST = {"container"}  # builds and runs the image (a container engine, ~2 minutes): only with --only
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench/results", help="folder for <benchmark>.json/.md (bench/results)")
     args = parser.parse_args(argv)
     for name, run in BENCHMARKS.items():
-        if args.only in (None, name):
+        if args.only == name or (args.only is None and name not in ON_REQUEST):
             print(f"== {name}{' (quick)' if args.quick else ''}", file=sys.stderr)
             run(quick=args.quick, out_dir=args.out)
     return 0

@@ -155,6 +155,7 @@ class LocalEndpoint:
         log: IO[Any] | None = None,
         start_timeout: float = 120.0,
         port: int | None = None,
+        container_models_root: str | None = None,
     ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -172,7 +173,12 @@ class LocalEndpoint:
             *(args or []),
         ]
         if container_url:
-            command += ["--container-url", container_url, "--container-models-root", models_root]
+            command += [
+                "--container-url",
+                container_url,
+                "--container-models-root",
+                container_models_root or models_root,
+            ]
         self.command = command
         self.env = {**os.environ, **(env or {})}
         self.log = log
