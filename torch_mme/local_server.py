@@ -19,6 +19,8 @@ import urllib.error
 import urllib.request
 from typing import IO, Any
 
+from typing_extensions import Self
+
 PORT_RANGE = (20000, 32000)
 
 
@@ -35,8 +37,67 @@ def free_port() -> int:
     raise RuntimeError("no free port found in 20000-32000")
 
 
-class LocalServer:
+class _ChildServer:
+    """A ``torch-mme`` subcommand run as a child process, ready once its ``/ping`` answers 200."""
+
+    kind = "torch-mme"
+
+    def __init__(
+        self, command: list[str], port: int, env: dict[str, str] | None, log: IO[Any] | None, start_timeout: float
+    ) -> None:
+        self.command = command
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.env = {**os.environ, **(env or {})}
+        self.log = log
+        self.start_timeout = start_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Self:
+        self.process = subprocess.Popen(
+            self.command, env=self.env, stdout=self.log or subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited with {self.process.returncode} before it was ready")
+            if self._ping() == 200:
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{self.kind} was not ready within {self.start_timeout:.0f} s")
+
+    def _ping(self) -> int | None:
+        try:
+            with urllib.request.urlopen(self.url + "/ping", timeout=2) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except OSError:
+            return None
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``; returns the exit status."""
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(5)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class LocalServer(_ChildServer):
     """``with LocalServer(models_root) as server: server.load("name", path)``"""
+
+    kind = "torch-mme serve"
 
     def __init__(
         self,
@@ -48,15 +109,8 @@ class LocalServer:
         start_timeout: float = 120.0,
     ) -> None:
         self.models_root = os.path.abspath(models_root)
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **(env or {})}
         self.args = args or []
-        self.log = log
-        self.start_timeout = start_timeout
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> "LocalServer":
+        port = port or free_port()
         command = [
             sys.executable,
             "-m",
@@ -65,43 +119,12 @@ class LocalServer:
             "--host",
             "127.0.0.1",
             "--port",
-            str(self.port),
+            str(port),
             "--model-dir",
             self.models_root,
             *self.args,
         ]
-        self.process = subprocess.Popen(
-            command, env=self.env, stdout=self.log or subprocess.DEVNULL, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"torch-mme serve exited with {self.process.returncode} before it was ready")
-            try:
-                if self.request("GET", "/ping", timeout=2)[0] == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"torch-mme serve was not ready within {self.start_timeout:.0f} s")
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM, then SIGKILL after ``timeout``; returns the exit status."""
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait(5)
-
-    def __enter__(self) -> "LocalServer":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().__init__(command, port, env, log, start_timeout)
 
     def request(
         self,
@@ -142,8 +165,10 @@ class LocalServer:
         return self.request("DELETE", f"/models/{name}", timeout=120)[0]
 
 
-class LocalEndpoint:
+class LocalEndpoint(_ChildServer):
     """``torch-mme endpoint`` as a child process: ``with LocalEndpoint(store) as endpoint: endpoint.client()``."""
+
+    kind = "torch-mme endpoint"
 
     def __init__(
         self,
@@ -157,8 +182,7 @@ class LocalEndpoint:
         port: int | None = None,
         container_models_root: str | None = None,
     ) -> None:
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        port = port or free_port()
         command = [
             sys.executable,
             "-m",
@@ -167,7 +191,7 @@ class LocalEndpoint:
             "--model-store",
             model_store,
             "--port",
-            str(self.port),
+            str(port),
             "--models-root",
             models_root,
             *(args or []),
@@ -179,45 +203,7 @@ class LocalEndpoint:
                 "--container-models-root",
                 container_models_root or models_root,
             ]
-        self.command = command
-        self.env = {**os.environ, **(env or {})}
-        self.log = log
-        self.start_timeout = start_timeout
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> "LocalEndpoint":
-        self.process = subprocess.Popen(
-            self.command, env=self.env, stdout=self.log or subprocess.DEVNULL, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"torch-mme endpoint exited with {self.process.returncode} before it was ready")
-            try:
-                with urllib.request.urlopen(self.url + "/ping", timeout=2) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"torch-mme endpoint was not ready within {self.start_timeout:.0f} s")
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait(5)
-
-    def __enter__(self) -> "LocalEndpoint":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().__init__(command, port, env, log, start_timeout)
 
     def client(self) -> Any:
         """A boto3 sagemaker-runtime client for this endpoint (any credentials; no retries: errors show as they are)."""
