@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 
+MAX_MESSAGE = 1000
+"""The longest ``message`` an error body carries."""
+
 
 class HandlerError(Exception):
     """Base class: ``status`` is the HTTP status, ``str(self)`` the one-line reason."""
@@ -15,7 +18,10 @@ class HandlerError(Exception):
     status = 500
 
     def to_json(self) -> str:
-        return json.dumps({"code": self.status, "type": type(self).__name__, "message": str(self)})
+        message = str(self)
+        if len(message) > MAX_MESSAGE:  # a reason that quotes the request body (a CSV cell, say) stays short
+            message = message[: MAX_MESSAGE - 3] + "..."
+        return json.dumps({"code": self.status, "type": type(self).__name__, "message": message})
 
 
 class BadRequest(HandlerError):

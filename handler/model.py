@@ -46,6 +46,10 @@ _INPUT_MARKERS = (
     "Expected input",
     "same dtype",
     "expected scalar type",
+    "is missing value for argument",  # TorchScript: fewer inputs (.npz arrays) than forward() takes
+    "argument(s) but received",  # TorchScript: more inputs than forward() takes
+    "positional argument",  # Python forward(): TypeError for too few or too many inputs
+    "need to be at least 1D",  # a 0-d input (a bare number) to a Linear
 )
 
 
@@ -234,7 +238,9 @@ def _call(module: Any, data: Any) -> Any:
 def _prediction_error(exc: Exception, where: str = "the model") -> HandlerError:
     if is_out_of_memory(exc):
         return OutOfMemory(f"out of memory in {where}: {brief(exc)}")
-    if isinstance(exc, (RuntimeError, ValueError, IndexError)) and any(m in str(exc) for m in _INPUT_MARKERS):
+    if isinstance(exc, (RuntimeError, ValueError, IndexError, TypeError)) and any(
+        m in str(exc) for m in _INPUT_MARKERS
+    ):
         return BadRequest(f"input does not fit the model: {brief(exc, with_type=False)}")
     return PredictionError(f"{where} failed: {brief(exc)}")
 

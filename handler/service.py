@@ -14,6 +14,7 @@ from typing import Any
 
 from handler import codecs
 from handler.errors import (
+    MAX_MESSAGE,
     HandlerError,
     ModelOutsideRoot,
     OutOfMemory,
@@ -56,6 +57,15 @@ def _body(request: dict) -> bytes | None:
     if isinstance(body, str):
         body = body.encode()
     return body if isinstance(body, (bytes, bytearray)) else None
+
+
+def ascii_safe(text: str) -> str:
+    """MMS frames reason phrases and headers with their length in characters but writes them as UTF-8: a
+    non-ASCII character (a request's bytes quoted in a reason, a content type taken from Accept) corrupts the
+    frame and MMS drops the worker. Escape anything outside printable ASCII."""
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(c if c.isascii() and c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 def check_inside(model_dir: str, root: str) -> str:
@@ -133,12 +143,12 @@ class PyTorchHandler:
             if item.error is None and "transform_fn" not in self.model.hooks:
                 self._guard(item, lambda it=item: self.model.encode(it.prediction, it.accept, context), "prediction")
             if item.error is not None:
-                context.set_response_status(item.error.status, str(item.error), idx)
+                context.set_response_status(item.error.status, ascii_safe(str(item.error)[:MAX_MESSAGE]), idx)
                 context.set_response_content_type(idx, codecs.JSON)
                 responses.append(item.error.to_json().encode())
             else:
                 body, content_type = item.prediction
-                context.set_response_content_type(idx, content_type)
+                context.set_response_content_type(idx, ascii_safe(content_type))
                 responses.append(body)
         return responses
 

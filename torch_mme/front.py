@@ -17,6 +17,7 @@ Requests pass through to MMS, with the container's own rules around them:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -46,7 +47,12 @@ def error(status: int, kind: str, message: str) -> web.Response:
 
 
 def _to_web(response: Response) -> web.Response:
-    return web.Response(status=response.status, body=response.body, headers=response.headers)
+    body = response.body
+    if response.status >= 400 and b"\n" in body.strip():
+        # MMS pretty-prints its own errors ("Worker died.", a timeout) over several lines: make them one line
+        with contextlib.suppress(ValueError):
+            body = json.dumps(json.loads(body)).encode()
+    return web.Response(status=response.status, body=body, headers=response.headers)
 
 
 class Front:
