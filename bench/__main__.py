@@ -1,33 +1,61 @@
-"""``python -m bench [--quick] [--only NAME] [--out bench/results]``: run the benchmarks and write their results."""
+"""``python -m bench [--quick] [--only NAME] [--out bench/results]``: run the benchmarks and write their results.
+
+Without ``--only`` every benchmark but the container one runs, and ``latest.json`` (every result of this
+run) and ``latest.md`` (the peers comparison, then an index of the other results) are written too, next
+to the charts the peers benchmark draws.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
 
-from bench import cold_start, container, endpoint, memory, serve_latency
+from bench import cold_start, container, endpoint, examples, memory, peers, serve_latency
 
 BENCHMARKS = {
     "serve_latency": serve_latency.run,
     "memory": memory.run,
     "cold_start": cold_start.run,
     "endpoint": endpoint.run,
+    "peers": peers.run,
+    "examples": examples.run,
     "container": container.run,
 }
 ON_REQUEST = {"container"}  # builds and runs the image (a container engine, ~2 minutes): only with --only
 
 
+def write_latest(results: dict[str, dict[str, Any]], quick: bool, out_dir: Path) -> None:
+    """``latest.json``: every result of this run; ``latest.md``: the peers markdown and an index of the rest."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    latest = {"date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "quick": quick}
+    (out_dir / "latest.json").write_text(json.dumps({**latest, "benchmarks": results}, indent=2) + "\n")
+    text = (out_dir / "peers.md").read_text() if "peers" in results else "# benchmarks\n"
+    lines = [text.rstrip("\n"), "", "## Every benchmark of this run", ""]
+    for name, result in results.items():
+        lines.append(f"- [{name}]({name}.md): {result.get('wall_s', 0):.0f} s")
+    total = sum(r.get("wall_s", 0) for r in results.values())
+    lines += ["", f"All together: {total:.0f} s ({'quick' if quick else 'full'} size).", ""]
+    (out_dir / "latest.md").write_text("\n".join(lines))
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse the command line and run the benchmarks, serve latency, memory, then endpoint, or the one named."""
+    """Parse the command line and run the benchmarks (all but the on-request ones, in order), or the one named."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smoke size: under ~1 minute per benchmark")
     parser.add_argument("--only", choices=sorted(BENCHMARKS), help="run only this benchmark (default: all)")
     parser.add_argument("--out", default="bench/results", help="folder for <benchmark>.json/.md (bench/results)")
     args = parser.parse_args(argv)
+    results = {}
     for name, run in BENCHMARKS.items():
         if args.only == name or (args.only is None and name not in ON_REQUEST):
             print(f"== {name}{' (quick)' if args.quick else ''}", file=sys.stderr)
-            run(quick=args.quick, out_dir=args.out)
+            results[name] = run(quick=args.quick, out_dir=args.out)
+    if args.only is None:
+        write_latest(results, args.quick, Path(args.out))
     return 0
 
 
