@@ -102,7 +102,11 @@ class Front:
         return _to_web(await self._pass(request))
 
     async def invoke(self, request: web.Request) -> web.Response:
-        with self.registry.in_use(request.match_info["name"]):
+        name = request.match_info["name"]
+        record = self.registry.get(name)
+        if record is not None and record.unloading:
+            return error(404, "ModelNotFoundException", f"Model not found: {name} (it is being unloaded)")
+        with self.registry.in_use(name):
             return _to_web(await self._pass(request))
 
     async def describe_model(self, request: web.Request) -> web.Response:
@@ -126,7 +130,29 @@ class Front:
         return _to_web(response)
 
     async def _unload(self, name: str, reason: str) -> Response:
-        """DELETE in MMS, then wait until the model's processes are gone, so its memory is back."""
+        """DELETE in MMS, then wait until the model's processes are gone, so its memory is back.
+
+        An unload never races traffic: it waits for a load of the same name to finish, and for the
+        model's requests in flight to be answered, refusing new ones (404) meanwhile.
+        """
+        await self._wait_until(lambda: name not in self.registry.loading, LOAD_TIMEOUT_S)
+        record = self.registry.get(name)
+        if record is not None:
+            record.unloading = True
+            await self._wait_until(lambda: record.in_flight == 0, self.settings.timeout_s + 30.0)
+        try:
+            return await self._unload_now(name, reason)
+        finally:
+            if record is not None:
+                record.unloading = False
+
+    @staticmethod
+    async def _wait_until(condition, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+    async def _unload_now(self, name: str, reason: str) -> Response:
         before = await asyncio.to_thread(processes.model_processes, os.getpid(), name)
         freed = await asyncio.to_thread(processes.uss, before)
         started = time.monotonic()
@@ -176,7 +202,7 @@ class Front:
             response = await self._load_in_mms(name, url, params)
             if response.status == 507 and self.settings.eviction == "lru" and self.registry.eviction_order():
                 # the estimate was low: clear MMS's half-registered model, make room, try once more
-                await self._unload(name, reason="failed load")
+                await self._unload_now(name, reason="failed load")
                 if await self._evict_one(name):
                     response = await self._load_in_mms(name, url, params)
         finally:
@@ -253,7 +279,7 @@ class Front:
         reason = load_report.take(self.settings.run_dir, name)
         status = 507 if response.status == 507 else (reason or {}).get("code", response.status)
         # MMS leaves a 507'd model registered with no workers; a later LoadModel would get 409.
-        await self._unload(name, reason="failed load")
+        await self._unload_now(name, reason="failed load")
         if reason is None:
             return _to_web(response)
         log.warning("LoadModel %s failed (%d): %s", name, status, reason.get("message"))

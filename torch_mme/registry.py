@@ -23,6 +23,8 @@ class ModelRecord:
     loaded_at: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
     in_flight: int = 0
+    unloading: bool = False
+    """Set while an unload waits for in-flight requests: new requests are refused, not raced."""
 
     @property
     def reserved_bytes(self) -> int:

@@ -194,3 +194,24 @@ def test_standalone_mode_retries_a_load_that_ran_out_of_memory_after_evicting(tm
         assert server.load("other", other)[0] == 200
         assert server.load("tight", str(tmp_path / "tight" / "model"))[0] == 200
         assert registered(server, "tight") and not registered(server, "other")
+
+
+def test_unload_waits_for_requests_in_flight_and_refuses_new_ones(tmp_path):
+    write_script_model(tmp_path / "slow" / "model", SLOW)
+    with LocalServer(str(tmp_path)) as server:
+        assert server.load("slow", str(tmp_path / "slow" / "model"))[0] == 200
+        answers = []
+        request = threading.Thread(target=lambda: answers.append(server.invoke("slow", b"[2.0]", "application/json")))
+        request.start()
+        time.sleep(0.5)
+        unloaded = []
+        unload = threading.Thread(target=lambda: unloaded.append(server.unload("slow")))
+        unload.start()
+        time.sleep(0.3)
+        status, _, body = server.invoke("slow", b"[0.0]", "application/json")  # while the unload waits
+        assert status == 404 and "being unloaded" in json.loads(body)["message"]
+        request.join(30)
+        unload.join(30)
+        assert answers and answers[0][0] == 200 and json.loads(answers[0][2]) == [2.0]  # answered, not "Worker died"
+        assert unloaded == [200]
+        assert not registered(server, "slow")
