@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from handler import model as handler_model
+
 JSON_TYPE = "application/json"
 FEATURES, OUTPUTS = 16, 4
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -164,3 +166,14 @@ def write_results(result: dict[str, Any], text: str, out_dir: Path) -> None:
     (out_dir / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / f"{name}.md").write_text(text)
     print(text)
+
+
+def time_inproc(model: handler_model.Model, body: bytes, calls: int) -> list[float]:
+    """Per-call seconds of ``encode(predict(decode(body)))``, exactly the handler's default path."""
+    samples = []
+    clock = time.perf_counter
+    for _ in range(calls):
+        start = clock()
+        model.encode(model.predict(model.decode(body, JSON_TYPE)), JSON_TYPE)
+        samples.append(clock() - start)
+    return samples

@@ -45,6 +45,7 @@ from bench.common import (
     request_body,
     summarize,
     tail,
+    time_inproc,
     write_model,
     write_results,
 )
@@ -89,17 +90,6 @@ def split(total: int, parts: int) -> list[int]:
     """``total`` as ``parts`` near-equal chunk sizes."""
     base, extra = divmod(total, parts)
     return [base + (1 if i < extra else 0) for i in range(parts)]
-
-
-def time_inproc(model: handler_model.Model, body: bytes, calls: int) -> list[float]:
-    """Per-call seconds of ``encode(predict(decode(body)))``, exactly the handler's default path."""
-    samples = []
-    clock = time.perf_counter
-    for _ in range(calls):
-        start = clock()
-        model.encode(model.predict(model.decode(body, JSON_TYPE)), JSON_TYPE)
-        samples.append(clock() - start)
-    return samples
 
 
 def post(conn: http.client.HTTPConnection, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:

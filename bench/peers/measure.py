@@ -25,7 +25,7 @@ import numpy as np
 import psutil
 import torch
 
-from bench.common import JSON_TYPE, summarize
+from bench.common import JSON_TYPE, summarize, time_inproc
 from bench.peers.client import KeepAlive, Load, raw_request, run_load, timed
 from bench.peers.servers import Peer, request
 from handler import model as handler_model
@@ -107,17 +107,6 @@ def inproc_model(model: Model) -> handler_model.Model:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         return handler_model.load(str(model.path), torch.device("cpu"))
-
-
-def time_inproc(model: handler_model.Model, body: bytes, calls: int) -> list[float]:
-    """Per-call seconds of the project's decode -> forward -> encode (handler/model.py), called directly."""
-    samples = []
-    clock = time.perf_counter
-    for _ in range(calls):
-        start = clock()
-        model.encode(model.predict(model.decode(body, JSON_TYPE)), JSON_TYPE)
-        samples.append(clock() - start)
-    return samples
 
 
 def forward_ms(model: handler_model.Model, body: bytes, calls: int) -> dict[str, Any]:
