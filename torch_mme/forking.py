@@ -3,9 +3,9 @@
 MMS runs ``<python> model_service_worker.py ...`` per model, where ``<python>``
 is the interpreter of the ``multi-model-server`` script (``sys.executable``).
 ``serve`` puts a ``multi-model-server`` of its own first on PATH that sets
-``sys.executable`` to the launcher before starting MMS: nothing of MMS is
-patched or copied. If the template dies, the launcher falls back to a fresh
-Python (today's slow path) until the supervisor has restarted it.
+``sys.executable`` to the launcher before starting MMS (``serve.write_mms_shim``).
+If the template dies, the launcher falls back to a fresh Python (today's slow
+path) until the supervisor has restarted it.
 """
 
 from __future__ import annotations
@@ -25,28 +25,17 @@ READY_TIMEOUT_S = 60.0
 RESTART_BACKOFF_S = 1.0
 
 
-def install(run_dir: str) -> dict[str, str]:
-    """Write the launcher and the ``multi-model-server`` shim into ``<run_dir>/bin``; the environment that uses them."""
+def install(run_dir: str) -> tuple[str, dict[str, str]]:
+    """Write the launcher into ``<run_dir>/bin``: its path (MMS's "python") and the environment the template reads."""
     bin_dir = os.path.join(run_dir, "bin")
     os.makedirs(bin_dir, exist_ok=True)
     launcher = os.path.join(bin_dir, "mms-python")
     source = (resources.files("torch_mme") / "launcher.py").read_text()
-    _write_executable(launcher, f"#!{sys.executable} -IS\n" + source.replace("@REAL_PYTHON@", sys.executable))
-    _write_executable(
-        os.path.join(bin_dir, "multi-model-server"),
-        f"#!{sys.executable}\n"
-        "import sys\n"
-        f"sys.executable = {launcher!r}  # MMS starts each model's process with this\n"
-        "from mms.model_server import start\n"
-        "sys.exit(start())\n",
-    )
-    return {
-        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", os.defpath)]),
-        SOCKET_ENV: os.path.join(run_dir, "template.sock"),
-    }
+    write_executable(launcher, f"#!{sys.executable} -IS\n" + source.replace("@REAL_PYTHON@", sys.executable))
+    return launcher, {SOCKET_ENV: os.path.join(run_dir, "template.sock")}
 
 
-def _write_executable(path: str, text: str) -> None:
+def write_executable(path: str, text: str) -> None:
     with open(path, "w") as f:
         f.write(text)
     os.chmod(path, 0o755)

@@ -13,6 +13,11 @@ SIGTERM reaches Java only and orphans the Python workers (here: this process
 is a child subreaper and stops the whole tree); and a Java that fails to bind
 goes unnoticed (here: the front binds the port before MMS starts, MMS listens
 on a private Unix socket, and readiness is a real ``/ping``).
+
+And one thing MMS's Java gets wrong: its decoder of worker responses drops the
+worker when a response arrives cut at an unlucky byte. Java starts in a folder
+with torch-mme's corrected decoder class, which its class path finds first
+(``mms_java``).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from importlib import resources
 import psutil
 
 from handler.settings import Settings, default_deps_dir
-from torch_mme import forking
+from torch_mme import forking, mms_java
 
 log = logging.getLogger("torch_mme.serve")
 
@@ -64,7 +69,7 @@ class ServeError(Exception):
 
 def preflight(settings: Settings) -> socket.socket:
     """Fail fast with a clear message; returns the public listening socket (the port is ours from here on)."""
-    java = os.path.join(os.environ["JAVA_HOME"], "bin", "java") if os.environ.get("JAVA_HOME") else shutil.which("java")
+    java = mms_java.java_binary()
     if not java or not os.access(java, os.X_OK):
         raise ServeError(
             "Java is not installed (no `java` on PATH or in JAVA_HOME): MMS needs a Java 11+ runtime, "
@@ -127,6 +132,21 @@ def mms_environment(settings: Settings) -> dict[str, str]:
     }
 
 
+def write_mms_shim(run_dir: str, launcher: str | None, java_dir: str | None) -> str:
+    """A ``multi-model-server`` first on PATH (returned): MMS unmodified, with its worker "python" set to the
+    template's launcher and Java started in ``java_dir`` (the folder with torch-mme's classes: MMS's class
+    path begins with "."; without it Java inherited the caller's working folder)."""
+    bin_dir = os.path.join(run_dir, "bin")
+    os.makedirs(bin_dir, exist_ok=True)
+    lines = [f"#!{sys.executable}", "import os", "import sys"]
+    if launcher:
+        lines.append(f"sys.executable = {launcher!r}  # MMS starts each model's process with this")
+    lines.append(f"os.chdir({(java_dir or run_dir)!r})  # Java's working folder: the head of its class path")
+    lines += ["from mms.model_server import start", "sys.exit(start())", ""]
+    forking.write_executable(os.path.join(bin_dir, "multi-model-server"), "\n".join(lines))
+    return os.pathsep.join([bin_dir, os.environ.get("PATH", os.defpath)])
+
+
 class Server:
     """One running instance: the front thread, MMS, and the process tree below this process."""
 
@@ -143,9 +163,13 @@ class Server:
         _become_subreaper()
         signal.signal(signal.SIGCHLD, _reap_children)
         os.environ.update(mms_environment(self.settings))
+        launcher = None
         if self.settings.fork_server:
-            os.environ.update(forking.install(self.settings.run_dir))
+            launcher, template_env = forking.install(self.settings.run_dir)
+            os.environ.update(template_env)
             forking.TemplateSupervisor(os.environ[forking.SOCKET_ENV], self.stopping).start()
+        java_dir = mms_java.working_dir(self.settings.run_dir, mms_java.java_binary())
+        os.environ["PATH"] = write_mms_shim(self.settings.run_dir, launcher, java_dir)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         threading.Thread(target=self._run_front, name="front", daemon=True).start()
