@@ -75,6 +75,7 @@ def compiled_classes(java: str, into: Path | None = None) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".compiling-", dir=place.parent))
     try:
         _compile(java, jar, staging)
+        staging.chmod(0o755)  # mkdtemp's 0700 would hide the image's classes from an unprivileged user
         with contextlib.suppress(OSError):  # atomic; fails only when a concurrent server renamed its copy first
             staging.rename(place)
         return place

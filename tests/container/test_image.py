@@ -95,6 +95,22 @@ def test_two_models_with_different_inputs_answer_like_in_process_torch(container
     np.testing.assert_allclose(json.loads(body)["doubled_input_score"], expected, rtol=1e-6)
 
 
+JAVA_CWD = """
+import os, psutil
+from torch_mme import mms_java
+main = "com.amazonaws.ml.mms.ModelServer"
+java = next(p for p in psutil.process_iter(["cmdline"]) if main in (p.info["cmdline"] or []))
+print(os.path.isfile(os.path.join(java.cwd(), mms_java.CLASS)), len(list(mms_java.PACKAGE_DIR.glob("classes-*"))))
+"""
+
+
+def test_mms_runs_with_the_corrected_decoder_compiled_into_the_image(engine: Engine, container: ContainerServer):
+    """The image's JRE compiled torch-mme's decoder at build time (tests/reliability/test_response_framing.py)."""
+    done = engine.run("exec", container.container_id, "python", "-c", JAVA_CWD)
+    assert done.stdout.split() == ["True", "1"], done.stdout + done.stderr
+    assert "own response decoder" not in container.logs(tail=400)  # serve's warning when it could not
+
+
 def test_duplicate_load_is_409_unknown_is_404_and_delete_unloads(container: ContainerServer, models_root: Path):
     name = unique("dup")
     write_torchscript(models_root / name / "model")
@@ -155,6 +171,7 @@ def test_an_unprivileged_user_serves_and_sigterm_stops_the_container_cleanly(
         expected = linear(torch.tensor([[1.0, 2.0, 3.0]])).detach().numpy()
         np.testing.assert_allclose(json.loads(body), expected, rtol=1e-6)
         logs = server.logs()
+        assert "own response decoder" not in logs  # the image's compiled decoder, not a compile as this user
     finally:
         exit_code = server.stop(timeout=20)
     assert exit_code == 0, f"torch-mme serve did not stop cleanly on SIGTERM (exit {exit_code}):\n{logs}"
