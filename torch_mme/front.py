@@ -55,6 +55,11 @@ def _to_web(response: Response) -> web.Response:
     return web.Response(status=response.status, body=body, headers=response.headers)
 
 
+def _not_found(name: str) -> Response:
+    body = json.dumps({"code": 404, "type": "ModelNotFoundException", "message": f"Model not found: {name}"})
+    return Response(404, [("Content-Type", "application/json")], body.encode())
+
+
 class Front:
     def __init__(self, settings: Settings, upstream: Upstream, root_pid: int | None = None) -> None:
         self.settings = settings
@@ -120,7 +125,7 @@ class Front:
             "estimate": record.estimate_detail,
             "measuredUssBytes": await asyncio.to_thread(self.admission.measure, record.name),
             "lastUsedSecondsAgo": round(time.monotonic() - record.last_used, 3),
-            "inFlight": record.in_flight,
+            "inFlight": self.registry.in_flight(record.name),
         }
         return web.json_response(details)
 
@@ -133,18 +138,23 @@ class Front:
         """DELETE in MMS, then wait until the model's processes are gone, so its memory is back.
 
         An unload never races traffic: it waits for a load of the same name to finish, and for the
-        model's requests in flight to be answered, refusing new ones (404) meanwhile.
+        model's requests in flight to be answered, refusing new ones (404) meanwhile. A second unload
+        of a model already being unloaded waits for the first and answers 404 (MMS's answer for a
+        model it no longer has); it never touches a model loaded again under the same name meanwhile.
         """
         await self._wait_until(lambda: name not in self.registry.loading, LOAD_TIMEOUT_S)
         record = self.registry.get(name)
-        if record is not None:
-            record.unloading = True
-            await self._wait_until(lambda: record.in_flight == 0, self.settings.timeout_s + 30.0)
+        if record is None:
+            return await self._unload_now(name, reason)  # unknown here: MMS answers (404)
+        if record.unloading:
+            await self._wait_until(lambda: self.registry.get(name) is not record, LOAD_TIMEOUT_S)
+            return _not_found(name)
+        record.unloading = True
         try:
+            await self._wait_until(lambda: self.registry.in_flight(name) == 0, self.settings.timeout_s + 30.0)
             return await self._unload_now(name, reason)
         finally:
-            if record is not None:
-                record.unloading = False
+            record.unloading = False
 
     @staticmethod
     async def _wait_until(condition, timeout: float) -> None:
@@ -198,6 +208,7 @@ class Front:
         refusal = await self._admit(name, estimate.bytes)
         if refusal is not None:
             return refusal
+        record = ModelRecord(name, url, estimate.bytes, estimate.detail)
         try:
             response = await self._load_in_mms(name, url, params)
             if response.status == 507 and self.settings.eviction == "lru" and self.registry.eviction_order():
@@ -205,13 +216,13 @@ class Front:
                 await self._unload_now(name, reason="failed load")
                 if await self._evict_one(name):
                     response = await self._load_in_mms(name, url, params)
+            if response.status == 200:
+                self.registry.add(record)  # before it leaves `loading`: an unload never finds it in neither
         finally:
             self.registry.loading.pop(name, None)
         if response.status != 200:
             return await self._failed_load(name, response)
-        record = ModelRecord(name, url, estimate.bytes, estimate.detail)
         record.measured_bytes = await asyncio.to_thread(self.admission.measure, name)
-        self.registry.add(record)
         log.info(
             "loaded %s: estimated %.0f MB (%s), measured %.0f MB USS",
             name,

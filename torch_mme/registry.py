@@ -3,11 +3,17 @@
 Every LoadModel, UnloadModel and invoke passes through the front, so this is
 the container's view of its models; MMS holds the workers. "Least recently
 used" is by last invoke (a model never invoked counts from its load).
+
+Requests in flight are counted by model name, not on the record: a request
+can reach MMS while its model is still loading (before the record exists),
+and an unload must wait for it too (MMS never answers a request whose
+worker is stopped under it).
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,9 +28,8 @@ class ModelRecord:
     measured_bytes: int = 0
     loaded_at: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
-    in_flight: int = 0
     unloading: bool = False
-    """Set while an unload waits for in-flight requests: new requests are refused, not raced."""
+    """Set while an unload waits for in-flight requests: new requests are refused, not raced; not evicted."""
 
     @property
     def reserved_bytes(self) -> int:
@@ -37,6 +42,7 @@ class Registry:
         self._models: dict[str, ModelRecord] = {}
         self.loading: dict[str, int] = {}
         """Models being loaded now, with their estimates: admitted, not yet registered."""
+        self._in_flight: Counter[str] = Counter()
 
     def __contains__(self, name: str) -> bool:
         return name in self._models
@@ -60,21 +66,24 @@ class Registry:
         """Loaded models' reservations plus the estimates of loads in progress."""
         return sum(r.reserved_bytes for r in self._models.values()) + sum(self.loading.values())
 
+    def in_flight(self, name: str) -> int:
+        return self._in_flight[name]
+
     def eviction_order(self) -> list[ModelRecord]:
-        """Idle models, least recently used first; a model serving a request is never a candidate."""
-        idle = [r for r in self._models.values() if r.in_flight == 0]
+        """Idle models, least recently used first; one serving a request or being unloaded is never a candidate."""
+        idle = [r for r in self._models.values() if not self._in_flight[r.name] and not r.unloading]
         return sorted(idle, key=lambda r: r.last_used)
 
     @contextmanager
     def in_use(self, name: str) -> Iterator[None]:
-        """Mark a request in flight (protects the model from eviction) and record its use."""
-        record = self._models.get(name)
-        if record is None:
-            yield
-            return
-        record.in_flight += 1
+        """Mark a request in flight (protects the model from eviction and unload) and record its use."""
+        self._in_flight[name] += 1
         try:
             yield
         finally:
-            record.in_flight -= 1
-            record.last_used = time.monotonic()
+            self._in_flight[name] -= 1
+            if not self._in_flight[name]:
+                del self._in_flight[name]
+            record = self._models.get(name)
+            if record is not None:
+                record.last_used = time.monotonic()

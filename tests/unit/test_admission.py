@@ -65,3 +65,22 @@ def test_eviction_order_is_least_recently_used_first_and_skips_busy_models():
         assert [r.name for r in registry.eviction_order()] == ["middle", "recent"]
     assert registry.get("oldest").last_used > 30.0  # a finished request makes it the most recent
     assert [r.name for r in registry.eviction_order()] == ["middle", "recent", "oldest"]
+
+
+def test_requests_in_flight_count_by_name_even_before_the_model_is_registered():
+    """A request can reach MMS while its model is still loading: the unload that follows must wait for it."""
+    registry = Registry()
+    with registry.in_use("loading"):
+        registry.add(ModelRecord("loading", "/m/loading", MB, last_used=1.0))
+        assert registry.in_flight("loading") == 1
+        assert registry.eviction_order() == []
+    assert registry.in_flight("loading") == 0
+    assert [r.name for r in registry.eviction_order()] == ["loading"]
+
+
+def test_a_model_being_unloaded_is_never_an_eviction_candidate():
+    registry = Registry()
+    registry.add(ModelRecord("a", "/m/a", MB, last_used=1.0))
+    registry.add(ModelRecord("b", "/m/b", MB, last_used=2.0))
+    registry.get("a").unloading = True
+    assert [r.name for r in registry.eviction_order()] == ["b"]
