@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench import cold_start, container, endpoint, examples, memory, peers, serve_latency
+from bench import cold_start, container, endpoint, examples, memory, peers, serve_latency, soak
 
 BENCHMARKS = {
     "serve_latency": serve_latency.run,
@@ -23,6 +23,7 @@ BENCHMARKS = {
     "endpoint": endpoint.run,
     "peers": peers.run,
     "examples": examples.run,
+    "soak": soak.run,
     "container": container.run,
 }
 ON_REQUEST = {"container"}  # builds and runs the image (a container engine, ~2 minutes): only with --only

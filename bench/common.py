@@ -6,6 +6,7 @@ summary) with the same header: date, commit, size, machine and versions.
 
 from __future__ import annotations
 
+import http.client
 import importlib.metadata
 import json
 import os
@@ -177,3 +178,44 @@ def time_inproc(model: handler_model.Model, body: bytes, calls: int) -> list[flo
         model.encode(model.predict(model.decode(body, JSON_TYPE)), JSON_TYPE)
         samples.append(clock() - start)
     return samples
+
+
+class KeepAliveClient:
+    """A keep-alive HTTP/1.1 client (one connection), reconnecting after errors.
+
+    A request whose connection the server closed is sent once more on a new one (a keep-alive connection
+    closed while idle is normal); ``resent`` counts them, so a caller that must see every answer can check.
+    """
+
+    def __init__(self, port: int, timeout: float) -> None:
+        self.port = port
+        self.timeout = timeout
+        self.conn: http.client.HTTPConnection | None = None
+        self.resent = 0
+
+    def request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, dict, bytes]:
+        for attempt in (0, 1):
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+            try:
+                chunked = body is not None and not isinstance(body, (bytes, bytearray))  # an iterable: chunked encoding
+                self.conn.request(method, path, body=body, headers=headers, encode_chunked=chunked)
+                response = self.conn.getresponse()
+                data = response.read()
+                if response.getheader("Connection", "").lower() == "close":
+                    self.close()
+                return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+            except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected):
+                self.close()  # a keep-alive connection the server closed between requests: retry once
+                if attempt:
+                    raise
+                self.resent += 1
+            except Exception:
+                self.close()
+                raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None

@@ -9,7 +9,6 @@ TORCH_MME_RECORD_RESULTS is set.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import platform
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from bench.common import KeepAliveClient as Client  # noqa: F401 - the tests' HTTP client
 from tests.integration.conftest import descendants, write_script_model, write_torchscript  # noqa: F401
 from torch_mme import processes
 from torch_mme.local_server import LocalServer
@@ -106,41 +106,6 @@ def worker_identity(server: LocalServer, name: str) -> tuple:
     workers = tuple(sorted((str(w.get("id")), str(w.get("startTime"))) for w in details.get("workers", [])))
     pids = tuple(sorted(p.pid for p in processes.model_processes(server.process.pid, name)))
     return workers, pids
-
-
-class Client:
-    """A keep-alive HTTP/1.1 client (one connection), reconnecting after errors."""
-
-    def __init__(self, port: int, timeout: float) -> None:
-        self.port = port
-        self.timeout = timeout
-        self.conn: http.client.HTTPConnection | None = None
-
-    def request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, dict, bytes]:
-        for attempt in (0, 1):
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
-            try:
-                chunked = body is not None and not isinstance(body, (bytes, bytearray))  # an iterable: chunked encoding
-                self.conn.request(method, path, body=body, headers=headers, encode_chunked=chunked)
-                response = self.conn.getresponse()
-                data = response.read()
-                if response.getheader("Connection", "").lower() == "close":
-                    self.close()
-                return response.status, {k.lower(): v for k, v in response.getheaders()}, data
-            except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected):
-                self.close()  # a keep-alive connection the server closed between requests: retry once
-                if attempt:
-                    raise
-            except Exception:
-                self.close()
-                raise
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
 
 
 def assert_short_json_error(status: int, body: bytes) -> dict:
