@@ -12,6 +12,7 @@ Requests pass through to MMS, with the container's own rules around them:
 - UnloadModel (``DELETE /models/N``) returns once the model's processes are gone.
 - GetModel adds the model's estimated and measured memory.
 - Invocations mark the model in use, so eviction never takes it mid-request.
+- A model whose processes all died is restarted (``watchdog``): MMS never does.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from handler.settings import Settings
 from torch_mme import processes
 from torch_mme.admission import MB, Admission
 from torch_mme.registry import ModelRecord, Registry
-from torch_mme.upstream import Response, Upstream, UpstreamError
+from torch_mme.upstream import Response, Upstream, UpstreamError, UpstreamTimeout
+from torch_mme.watchdog import Watchdog
 
 log = logging.getLogger("torch_mme.front")
 
@@ -55,6 +57,14 @@ def _to_web(response: Response) -> web.Response:
     return web.Response(status=response.status, body=body, headers=response.headers)
 
 
+def _conflict(name: str) -> web.Response:
+    return error(409, "ConflictStatusException", f"Model {name} is already registered.")
+
+
+def _restarting(name: str) -> web.Response:
+    return error(503, "ModelRestarting", f"model {name}'s processes died; it is being restarted, retry shortly")
+
+
 def _not_found(name: str) -> Response:
     body = json.dumps({"code": 404, "type": "ModelNotFoundException", "message": f"Model not found: {name}"})
     return Response(404, [("Content-Type", "application/json")], body.encode())
@@ -67,7 +77,11 @@ class Front:
         self.models_root = os.path.realpath(settings.models_root)
         self.registry = Registry()
         self.admission = Admission(settings, self.registry, root_pid)
+        self.watchdog = Watchdog(self.registry, root_pid or os.getpid(), self.restart)
         self._admitting = asyncio.Lock()
+        self._invoking: dict[str, set[asyncio.Task]] = {}
+        """The request handlers waiting on MMS, by model: a restart answers them at once."""
+        self._abandoned: set[asyncio.Task] = set()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_request_mb * 2**20, middlewares=[self._errors])
@@ -76,7 +90,15 @@ class Front:
         app.router.add_delete("/models/{name}", self.unload_model)
         app.router.add_post("/models/{name}/invoke", self.invoke)
         app.router.add_route("*", "/{tail:.*}", self.forward)
+        app.cleanup_ctx.append(self._watching)
         return app
+
+    async def _watching(self, app: web.Application):
+        task = asyncio.create_task(self.watchdog.run(), name="watchdog")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     @web.middleware
     async def _errors(self, request: web.Request, handler) -> web.StreamResponse:
@@ -89,6 +111,9 @@ class Front:
             )
         except web.HTTPException as exc:
             return error(exc.status, type(exc).__name__, exc.reason)
+        except UpstreamTimeout as exc:
+            log.error("%s %s: %s", request.method, request.path, exc)
+            return error(504, "ModelServerTimeout", str(exc))
         except UpstreamError as exc:
             log.error("%s %s: %s", request.method, request.path, exc)
             return error(502, "ModelServerUnavailable", str(exc))
@@ -111,8 +136,52 @@ class Front:
         record = self.registry.get(name)
         if record is not None and record.unloading:
             return error(404, "ModelNotFoundException", f"Model not found: {name} (it is being unloaded)")
-        with self.registry.in_use(name):
-            return _to_web(await self._pass(request))
+        if name in self.registry.restarting:
+            return _restarting(name)
+        task = asyncio.current_task()
+        waiting = self._invoking.setdefault(name, set())
+        waiting.add(task)
+        try:
+            with self.registry.in_use(name):
+                return _to_web(await self._pass(request))
+        except asyncio.CancelledError:
+            if task not in self._abandoned:
+                raise  # the client went away
+            self._abandoned.discard(task)
+            if hasattr(task, "uncancel"):  # Python 3.11+: this cancellation is handled
+                task.uncancel()
+            return _restarting(name)
+        finally:
+            waiting.discard(task)
+            if not waiting:
+                self._invoking.pop(name, None)
+
+    async def restart(self, record: ModelRecord) -> None:
+        """Load again a model whose processes all died; its requests waiting on MMS are answered 503 now."""
+        name = record.name
+        log.warning("model %s: all its processes died; restarting it (MMS would not)", name)
+        self.registry.remove(name)
+        self.registry.loading[name] = record.reserved_bytes  # its memory stays reserved; LoadModel answers 409
+        self.registry.restarting.add(name)
+        for task in self._invoking.get(name, ()):
+            if task.cancel():
+                self._abandoned.add(task)
+        try:
+            await self._unload_now(name, reason="its processes died")  # MMS stops retrying the dead worker
+            self.registry.restarting.discard(name)  # MMS answers for it from here (503 while it loads)
+            response = await self._load_in_mms(name, record.url, record.params)
+            if response.status == 200:
+                self.registry.add(record)
+            else:
+                await self._failed_load(name, response)
+        finally:
+            self.registry.loading.pop(name, None)
+            self.registry.restarting.discard(name)
+        if response.status != 200:
+            log.error("model %s could not be restarted (%d); a LoadModel loads it again", name, response.status)
+            return
+        record.measured_bytes = await asyncio.to_thread(self.admission.measure, name)
+        log.info("model %s restarted", name)
 
     async def describe_model(self, request: web.Request) -> web.Response:
         response = await self._pass(request)
@@ -138,14 +207,20 @@ class Front:
         """DELETE in MMS, then wait until the model's processes are gone, so its memory is back.
 
         An unload never races traffic: it waits for a load of the same name to finish, and for the
-        model's requests in flight to be answered, refusing new ones (404) meanwhile. A second unload
+        model's requests in flight to be answered, refusing new ones (404) meanwhile. Every MMS operation
+        on a name happens while the front holds that name (in ``loading``, or a record marked
+        ``unloading``), so two never interleave. A second unload
         of a model already being unloaded waits for the first and answers 404 (MMS's answer for a
         model it no longer has); it never touches a model loaded again under the same name meanwhile.
         """
         await self._wait_until(lambda: name not in self.registry.loading, LOAD_TIMEOUT_S)
         record = self.registry.get(name)
-        if record is None:
-            return await self._unload_now(name, reason)  # unknown here: MMS answers (404)
+        if record is None:  # unknown here: MMS answers (404); a LoadModel of this name waits (409) meanwhile
+            self.registry.loading[name] = 0
+            try:
+                return await self._unload_now(name, reason)
+            finally:
+                self.registry.loading.pop(name, None)
         if record.unloading:
             await self._wait_until(lambda: self.registry.get(name) is not record, LOAD_TIMEOUT_S)
             return _not_found(name)
@@ -202,13 +277,14 @@ class Front:
         if problem is not None:
             return problem
         if name in self.registry or name in self.registry.loading:
-            return error(409, "ConflictStatusException", f"Model {name} is already registered.")
+            return _conflict(name)
 
         estimate = await asyncio.to_thread(self.admission.estimate, url)
         refusal = await self._admit(name, estimate.bytes)
         if refusal is not None:
             return refusal
-        record = ModelRecord(name, url, estimate.bytes, estimate.detail)
+        extra = {k: v for k, v in params.items() if k not in ("model_name", "url")}
+        record = ModelRecord(name, url, estimate.bytes, estimate.detail, params=extra)
         try:
             response = await self._load_in_mms(name, url, params)
             if response.status == 507 and self.settings.eviction == "lru" and self.registry.eviction_order():
@@ -218,10 +294,12 @@ class Front:
                     response = await self._load_in_mms(name, url, params)
             if response.status == 200:
                 self.registry.add(record)  # before it leaves `loading`: an unload never finds it in neither
+            else:
+                failure = await self._failed_load(name, response)  # MMS cleaned while the name is still ours
         finally:
             self.registry.loading.pop(name, None)
         if response.status != 200:
-            return await self._failed_load(name, response)
+            return failure
         record.measured_bytes = await asyncio.to_thread(self.admission.measure, name)
         log.info(
             "loaded %s: estimated %.0f MB (%s), measured %.0f MB USS",
@@ -237,8 +315,10 @@ class Front:
         async with self._admitting:
             while True:
                 verdict = await asyncio.to_thread(self.admission.check, needed)
+                if name in self.registry or name in self.registry.loading:  # taken while we waited
+                    return _conflict(name)
                 if verdict.fits:
-                    self.registry.loading[name] = needed
+                    self.registry.loading[name] = needed  # the name is this load's from here
                     return None
                 if self.settings.eviction != "lru" or not await self._evict_one(name, verdict.reason(name)):
                     log.warning("LoadModel %s refused (507): %s", name, verdict.reason(name))

@@ -37,6 +37,16 @@ def model_processes(root_pid: int, model_name: str) -> list[psutil.Process]:
     return [p for p in tree(root_pid) if model_of(p) == model_name]
 
 
+def by_model(root_pid: int) -> dict[str, list[psutil.Process]]:
+    """Every model's processes below ``root_pid``, in one scan of the tree."""
+    found: dict[str, list[psutil.Process]] = {}
+    for process in tree(root_pid):
+        name = model_of(process)
+        if name is not None:
+            found.setdefault(name, []).append(process)
+    return found
+
+
 def uss(processes: list[psutil.Process]) -> int:
     """Unique set size in bytes, summed: the memory that goes away when these processes exit."""
     total = 0

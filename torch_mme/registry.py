@@ -25,6 +25,8 @@ class ModelRecord:
     url: str
     estimated_bytes: int
     estimate_detail: str = ""
+    params: dict = field(default_factory=dict)
+    """The LoadModel parameters besides name and url: a restart loads it the same way."""
     measured_bytes: int = 0
     loaded_at: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
@@ -43,6 +45,8 @@ class Registry:
         self.loading: dict[str, int] = {}
         """Models being loaded now, with their estimates: admitted, not yet registered."""
         self._in_flight: Counter[str] = Counter()
+        self.restarting: set[str] = set()
+        """Models whose processes died, until MMS has forgotten them (then they are ``loading`` again)."""
 
     def __contains__(self, name: str) -> bool:
         return name in self._models
@@ -54,6 +58,7 @@ class Registry:
         return self._models.get(name)
 
     def add(self, record: ModelRecord) -> None:
+        record.loaded_at = time.monotonic()  # its processes exist from here: the watchdog looks for them
         self._models[record.name] = record
 
     def remove(self, name: str) -> ModelRecord | None:

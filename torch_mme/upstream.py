@@ -41,6 +41,10 @@ class UpstreamError(Exception):
     """MMS could not be reached or closed the connection mid-answer."""
 
 
+class UpstreamTimeout(UpstreamError):
+    """MMS did not answer in time (a request queued for a worker that will never take it)."""
+
+
 class Upstream:
     def __init__(self, socket_path: str, pool_size: int = 64) -> None:
         self.socket_path = socket_path
@@ -64,6 +68,9 @@ class Upstream:
             try:
                 writer.write(payload)
                 response, keep = await asyncio.wait_for(_read_response(reader), timeout)
+            except asyncio.TimeoutError:
+                writer.close()
+                raise UpstreamTimeout(f"the model server did not answer within {timeout:.0f} s") from None
             except (ConnectionError, asyncio.IncompleteReadError, UpstreamError) as exc:
                 writer.close()
                 if reused and attempt == 0:

@@ -215,3 +215,24 @@ def test_unload_waits_for_requests_in_flight_and_refuses_new_ones(tmp_path):
         assert answers and answers[0][0] == 200 and json.loads(answers[0][2]) == [2.0]  # answered, not "Worker died"
         assert unloaded == [200]
         assert not registered(server, "slow")
+
+
+def test_a_delete_racing_a_load_of_the_same_name_never_breaks_that_load(tmp_path):
+    """Found by the soak: a DELETE of a model not loaded (yet) went to MMS late and unloaded the LoadModel of
+    that name that had started meanwhile. Now each either waits for the other or answers 409/404."""
+    write_torchscript(tmp_path / "raced" / "model")
+    with LocalServer(str(tmp_path)) as server:
+        outcomes: dict[tuple[int, int], int] = {}
+        for _ in range(25):
+            results: dict[str, int] = {}
+            delete = threading.Thread(target=lambda: results.__setitem__("delete", server.unload("raced")))
+            delete.start()
+            loaded = server.load("raced", str(tmp_path / "raced" / "model"))[0]
+            delete.join(30)
+            outcomes[(loaded, results["delete"])] = outcomes.get((loaded, results["delete"]), 0) + 1
+            assert loaded in (200, 409), loaded
+            assert results["delete"] in (200, 404), results
+            if loaded == 200 and registered(server, "raced"):
+                assert server.invoke("raced", b"[[1, 2, 3]]", "application/json")[0] == 200
+            server.unload("raced")
+        assert not registered(server, "raced"), outcomes

@@ -1,4 +1,4 @@
-"""Faults: a worker killed mid-request, a model that hangs, SIGTERM to serve, a full or read-only models root."""
+"""Faults: a worker or a model's processes killed mid-request, a model that hangs, SIGTERM, a full or read-only disk."""
 
 from __future__ import annotations
 
@@ -128,6 +128,48 @@ def test_a_worker_killed_mid_request_errors_that_request_and_recovers(world):
         recovered_s=round(recovered_s, 2),
         bystander_requests=sum(bystander.statuses.values()),
         requests=sum(bystander.statuses.values()) + 1,
+    )
+
+
+def test_a_model_whose_processes_all_die_is_restarted(world):
+    """The process MMS started for the model SIGKILLed (its forked server and worker go with it): MMS alone
+    would only retry a dead socket, queueing every request until the timeout; serve's watchdog restarts it."""
+    server = world["server"]
+    java = next(p for p in descendants(server.process.pid) if "com.amazonaws.ml.mms.ModelServer" in p.cmdline())
+    with Stream(server.port, "bystander") as bystander:
+        thread, result = _in_background(lambda: server.invoke("slow", b"[2.0]", "application/json"))
+        time.sleep(0.7)
+        [victim] = [p for p in processes.model_processes(server.process.pid, "slow") if p.ppid() == java.pid]
+        started = time.monotonic()
+        victim.send_signal(signal.SIGKILL)
+        thread.join(TIMEOUT_S + 35)
+        in_flight_s = time.monotonic() - started
+        assert result, "the request in flight got no answer"
+        status, _, body = result[0]
+        assert status >= 500 and in_flight_s < 15, (status, body, in_flight_s)
+        assert_short_json_error(status, body)
+        answers: dict[int, int] = {}
+        while time.monotonic() - started < RECOVERY_S:
+            asked = time.monotonic()
+            status, _, body = server.invoke("slow", b"[0.0]", "application/json")
+            assert time.monotonic() - asked < 15, "a request waited for a dead model"
+            answers[status] = answers.get(status, 0) + 1
+            if status == 200:
+                break
+            assert_short_json_error(status, body)
+            time.sleep(0.2)
+        recovered_s = time.monotonic() - started
+        assert status == 200, answers
+        assert set(answers) <= {200, 500, 503}, answers
+    assert bystander.errors == [] and set(bystander.statuses) == {200}, (bystander.statuses, bystander.errors[:3])
+    record(
+        "model_processes_killed",
+        faults_injected=1,
+        in_flight_status=result[0][0],
+        in_flight_answered_s=round(in_flight_s, 2),
+        statuses_until_recovered=str(dict(sorted(answers.items()))),
+        recovered_s=round(recovered_s, 2),
+        requests=sum(bystander.statuses.values()) + sum(answers.values()) + 1,
     )
 
 
