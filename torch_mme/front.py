@@ -207,11 +207,11 @@ class Front:
         """DELETE in MMS, then wait until the model's processes are gone, so its memory is back.
 
         An unload never races traffic: it waits for a load of the same name to finish, and for the
-        model's requests in flight to be answered, refusing new ones (404) meanwhile. Every MMS operation
-        on a name happens while the front holds that name (in ``loading``, or a record marked
-        ``unloading``), so two never interleave. A second unload
-        of a model already being unloaded waits for the first and answers 404 (MMS's answer for a
-        model it no longer has); it never touches a model loaded again under the same name meanwhile.
+        model's requests in flight to be answered, refusing new ones (404) meanwhile. Every MMS
+        operation on a name happens while the front holds that name (in ``loading``, or a record
+        marked ``unloading``), so two never interleave. A second unload of a model already being
+        unloaded waits for the first and answers 404 (MMS's answer for a model it no longer has); it
+        never touches a model loaded again under the same name meanwhile.
         """
         await self._wait_until(lambda: name not in self.registry.loading, LOAD_TIMEOUT_S)
         record = self.registry.get(name)
