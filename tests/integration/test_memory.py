@@ -225,7 +225,7 @@ def test_a_delete_racing_a_load_of_the_same_name_never_breaks_that_load(tmp_path
         outcomes: dict[tuple[int, int], int] = {}
         for _ in range(25):
             results: dict[str, int] = {}
-            delete = threading.Thread(target=lambda: results.__setitem__("delete", server.unload("raced")))
+            delete = threading.Thread(target=lambda got=results: got.__setitem__("delete", server.unload("raced")))
             delete.start()
             loaded = server.load("raced", str(tmp_path / "raced" / "model"))[0]
             delete.join(30)
