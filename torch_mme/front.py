@@ -77,7 +77,7 @@ class Front:
         self.models_root = os.path.realpath(settings.models_root)
         self.registry = Registry()
         self.admission = Admission(settings, self.registry, root_pid)
-        self.watchdog = Watchdog(self.registry, root_pid or os.getpid(), self.restart)
+        self.watchdog = Watchdog(self.registry, self.restart)
         self._admitting = asyncio.Lock()
         self._invoking: dict[str, set[asyncio.Task]] = {}
         """The request handlers waiting on MMS, by model: a restart answers them at once."""
@@ -180,8 +180,13 @@ class Front:
         if response.status != 200:
             log.error("model %s could not be restarted (%d); a LoadModel loads it again", name, response.status)
             return
-        record.measured_bytes = await asyncio.to_thread(self.admission.measure, name)
+        await self._note_processes(record)
         log.info("model %s restarted", name)
+
+    async def _note_processes(self, record: ModelRecord) -> None:
+        """After a load: the model's memory now, and the processes the watchdog checks."""
+        record.measured_bytes = await asyncio.to_thread(self.admission.measure, record.name)
+        record.processes = await asyncio.to_thread(processes.started_for, self.admission.root_pid, record.name)
 
     async def describe_model(self, request: web.Request) -> web.Response:
         response = await self._pass(request)
@@ -300,7 +305,7 @@ class Front:
             self.registry.loading.pop(name, None)
         if response.status != 200:
             return failure
-        record.measured_bytes = await asyncio.to_thread(self.admission.measure, name)
+        await self._note_processes(record)
         log.info(
             "loaded %s: estimated %.0f MB (%s), measured %.0f MB USS",
             name,

@@ -37,14 +37,26 @@ def model_processes(root_pid: int, model_name: str) -> list[psutil.Process]:
     return [p for p in tree(root_pid) if model_of(p) == model_name]
 
 
-def by_model(root_pid: int) -> dict[str, list[psutil.Process]]:
-    """Every model's processes below ``root_pid``, in one scan of the tree."""
-    found: dict[str, list[psutil.Process]] = {}
-    for process in tree(root_pid):
-        name = model_of(process)
-        if name is not None:
-            found.setdefault(name, []).append(process)
-    return found
+def started_for(root_pid: int, model_name: str) -> list[psutil.Process]:
+    """The model's processes started from outside it: the one MMS started (the template's launcher, or
+    the model's server on the slow path) and the server the template forked. The model is gone when
+    none of them runs; its workers come and go below them."""
+    family = model_processes(root_pid, model_name)
+    pids = {p.pid for p in family}
+    started = []
+    for process in family:
+        with contextlib.suppress(psutil.Error):
+            if process.ppid() not in pids:
+                started.append(process)
+    return started
+
+
+def running(process: psutil.Process) -> bool:
+    """Alive, and still the same process (psutil compares its start time); a zombie has exited."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def uss(processes: list[psutil.Process]) -> int:

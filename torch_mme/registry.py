@@ -28,6 +28,8 @@ class ModelRecord:
     params: dict = field(default_factory=dict)
     """The LoadModel parameters besides name and url: a restart loads it the same way."""
     measured_bytes: int = 0
+    processes: list = field(default_factory=list)
+    """``processes.started_for`` the model, found after its load: the watchdog checks they still run."""
     loaded_at: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
     unloading: bool = False
@@ -58,7 +60,7 @@ class Registry:
         return self._models.get(name)
 
     def add(self, record: ModelRecord) -> None:
-        record.loaded_at = time.monotonic()  # its processes exist from here: the watchdog looks for them
+        record.loaded_at = time.monotonic()
         self._models[record.name] = record
 
     def remove(self, name: str) -> ModelRecord | None:

@@ -6,17 +6,18 @@ the model dies (killed, or lost with the launcher's template), MMS only
 retries connecting to a socket nobody listens on, with a growing back-off,
 and every request to that model waits in its queue until the timeout.
 
-The watchdog scans serve's process tree every few seconds; a registered
-model with no process in two scans in a row is handed to ``restart`` (the
-front's: requests in flight answered 503 at once, MMS told to forget the
-model, the same LoadModel sent again).
+After a load the front notes the processes started for the model
+(``processes.started_for``); every few seconds the watchdog checks that one
+of them still runs (a cheap check per process, no scan of the machine). A
+model found dead in two checks in a row is handed to ``restart`` (the front's:
+requests in flight answered 503 at once, MMS told to forget the model, the
+same LoadModel sent again).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
 from torch_mme import processes
@@ -31,35 +32,34 @@ class Watchdog:
     def __init__(
         self,
         registry: Registry,
-        root_pid: int,
         restart: Callable[[ModelRecord], Awaitable[None]],
         every_s: float = EVERY_S,
     ) -> None:
         self.registry = registry
-        self.root_pid = root_pid
         self.restart = restart
         self.every_s = every_s
 
     async def run(self) -> None:
-        missing: set[str] = set()  # models without a process in the last scan
+        suspects: set[str] = set()  # found dead by the last check
         while True:
             await asyncio.sleep(self.every_s)
             try:
-                missing = await self._scan(missing)
+                suspects = await self.check(suspects)
             except Exception:  # the watchdog must outlive any one failure
-                log.exception("watchdog scan failed")
+                log.exception("watchdog check failed")
 
-    async def _scan(self, missing: set[str]) -> set[str]:
-        started = time.monotonic()
-        alive = await asyncio.to_thread(processes.by_model, self.root_pid)
-        dead = {
-            record.name
-            for record in self.registry.records()
-            # registered before the scan began (its processes existed), and not on its way out
-            if record.loaded_at < started and not record.unloading and record.name not in alive
-        }
-        for name in dead & missing:
+    async def check(self, suspects: set[str]) -> set[str]:
+        """Restart the models dead now and in the last check; returns the ones dead for the first time."""
+        records = [r for r in self.registry.records() if r.processes and not r.unloading]
+        dead = await asyncio.to_thread(
+            lambda: {r.name for r in records if not any(map(processes.running, r.processes))}
+        )
+        for name in dead & suspects:
             record = self.registry.get(name)
-            if record is not None and not record.unloading:
+            if record is not None and record.processes and not record.unloading:
                 await self.restart(record)
-        return dead - missing
+        return dead - suspects
+
+
+def _dead(records: list[ModelRecord]) -> set[str]:
+    return {r.name for r in records if not any(processes.running(p) for p in r.processes)}

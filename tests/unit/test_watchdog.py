@@ -1,46 +1,67 @@
-"""The watchdog restarts a model only when its processes are gone in two scans in a row."""
+"""The watchdog restarts a model only when none of its processes runs, in two checks in a row."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 
-from torch_mme import processes, watchdog
+import psutil
+
+from torch_mme import watchdog
 from torch_mme.registry import ModelRecord, Registry
 
 
-def _scans(monkeypatch, registry: Registry, alive_per_scan: list[set[str]]) -> list[str]:
+class FakeProcess:
+    """Stands for a psutil.Process: running or not, per check."""
+
+    def __init__(self, *running: bool) -> None:
+        self.answers = list(running)
+
+    def is_running(self) -> bool:
+        return self.answers.pop(0)
+
+    def status(self) -> str:
+        return psutil.STATUS_SLEEPING
+
+
+def _checks(registry: Registry, count: int) -> list[str]:
     restarted: list[str] = []
 
     async def restart(record: ModelRecord) -> None:
         restarted.append(record.name)
 
-    scans = iter(alive_per_scan)
-    monkeypatch.setattr(processes, "by_model", lambda root_pid: dict.fromkeys(next(scans), []))
-    dog = watchdog.Watchdog(registry, root_pid=1, restart=restart)
+    dog = watchdog.Watchdog(registry, restart=restart)
 
     async def run() -> None:
-        missing: set[str] = set()
-        for _ in alive_per_scan:
-            missing = await dog._scan(missing)
+        suspects: set[str] = set()
+        for _ in range(count):
+            suspects = await dog.check(suspects)
 
     asyncio.run(run())
     return restarted
 
 
-def test_a_model_missing_from_two_scans_in_a_row_is_restarted_once(monkeypatch):
+def test_a_model_without_a_running_process_in_two_checks_in_a_row_is_restarted_once():
     registry = Registry()
-    for name in ("up", "dead", "blip"):
-        registry.add(ModelRecord(name, f"/m/{name}", 1))
-    time.sleep(0.001)
-    restarted = _scans(monkeypatch, registry, [{"up", "blip"}, {"up"}, {"up", "blip"}])
-    assert restarted == ["dead"]  # 'blip' was missing once only (a process being replaced)
+    records = {
+        "up": [FakeProcess(True, True, True)],
+        "dead": [FakeProcess(False, False, False)],
+        "blip": [FakeProcess(True, False, True)],  # missing once only
+        "half": [FakeProcess(False, False, False), FakeProcess(True, True, True)],  # one of its two still runs
+    }
+    for name, found in records.items():
+        registry.add(ModelRecord(name, f"/m/{name}", 1, processes=found))
+    assert _checks(registry, 3) == ["dead"]
 
 
-def test_models_being_unloaded_or_registered_during_the_scan_are_left_alone(monkeypatch):
+def test_models_being_unloaded_or_not_yet_noted_are_left_alone():
     registry = Registry()
-    registry.add(ModelRecord("leaving", "/m/leaving", 1))
+    registry.add(ModelRecord("leaving", "/m/leaving", 1, processes=[FakeProcess(False, False)]))
     registry.get("leaving").unloading = True
-    registry.add(ModelRecord("new", "/m/new", 1))
-    registry.get("new").loaded_at = time.monotonic() + 60  # registered after the scans began
-    assert _scans(monkeypatch, registry, [set(), set(), set()]) == []
+    registry.add(ModelRecord("just-loaded", "/m/just-loaded", 1))  # its processes not noted yet
+    assert _checks(registry, 2) == []
+
+
+def test_a_zombie_counts_as_exited():
+    zombie = FakeProcess(True)
+    zombie.status = lambda: psutil.STATUS_ZOMBIE
+    assert not watchdog.processes.running(zombie)
