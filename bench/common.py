@@ -180,6 +180,23 @@ def time_inproc(model: handler_model.Model, body: bytes, calls: int) -> list[flo
     return samples
 
 
+def json_error_problem(status: int, body: bytes) -> str | None:
+    """Why ``body`` is not a short one-line JSON error for ``status`` (``{"code", "message"}``, no traceback)."""
+    if len(body) >= 4096:
+        return "longer than 4 kB"
+    if b"Traceback" in body or b'File "' in body:
+        return "carries a traceback"
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return "not JSON"
+    if not isinstance(payload, dict) or payload.get("code") != status or not payload.get("message"):
+        return "not {code, message} for this status"
+    if "\n" in body.decode(errors="replace").strip():
+        return "more than one line"
+    return None
+
+
 class KeepAliveClient:
     """A keep-alive HTTP/1.1 client (one connection), reconnecting after errors.
 

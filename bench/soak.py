@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import KeepAliveClient, finish, header_lines, new_result, tail, write_results
+from bench.common import KeepAliveClient, finish, header_lines, json_error_problem, new_result, tail, write_results
 from torch_mme import processes
 from torch_mme.local_server import LocalServer
 
@@ -110,25 +110,8 @@ class SoakResult:
     def uss_growth(self) -> float:
         return (self.uss_at_end_mb - self.uss_after_warm_up_mb) / self.uss_after_warm_up_mb
 
-    @property
-    def answers_lost(self) -> int:
-        return self.unanswered
-
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "uss_growth": self.uss_growth, "answers_lost": self.answers_lost}
-
-
-def _short_json_error(status: int, body: bytes) -> str | None:
-    """Why ``body`` is not a documented error answer, or None."""
-    if status not in ALLOWED_ERRORS:
-        return f"undocumented status {status}"
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        return "not JSON"
-    if len(body) > 4096 or b"Traceback" in body or not isinstance(payload, dict) or payload.get("code") != status:
-        return "not a short JSON error"
-    return None
+        return {**asdict(self), "uss_growth": self.uss_growth, "answers_lost": self.unanswered}
 
 
 class Soak:
@@ -186,7 +169,7 @@ class Soak:
             with tally.lock:
                 tally.echoed[rid] += 1
             return status
-        why = _short_json_error(status, body)
+        why = f"undocumented status {status}" if status not in ALLOWED_ERRORS else json_error_problem(status, body)
         if why:
             tally.problem(f"request {rid} to {name}: {why}: {status} {body[:200]!r}")
         return status

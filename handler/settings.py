@@ -33,6 +33,13 @@ def _timeout_seconds(env: Mapping[str, str]) -> int:
     return 60
 
 
+def user_cache_dir(env: Mapping[str, str] | None = None) -> str:
+    """This project's folder in the user's cache: ``$XDG_CACHE_HOME/torch-mme`` (``~/.cache/torch-mme``)."""
+    env = os.environ if env is None else env
+    cache = env.get("XDG_CACHE_HOME") or os.path.join(env.get("HOME") or os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "torch-mme")
+
+
 def default_deps_dir(env: Mapping[str, str] | None = None) -> str:
     """Where per-model requirements are installed unless TORCH_MME_DEPS_DIR says: the user's cache.
 
@@ -40,9 +47,7 @@ def default_deps_dir(env: Mapping[str, str] | None = None) -> str:
     reload and a server run, and is shared by every model process of that user. ``serve``
     resolves it once and exports it (its workers run with a per-run TMPDIR).
     """
-    env = os.environ if env is None else env
-    cache = env.get("XDG_CACHE_HOME") or os.path.join(env.get("HOME") or os.path.expanduser("~"), ".cache")
-    return os.path.join(cache, "torch-mme", "deps")
+    return os.path.join(user_cache_dir(env), "deps")
 
 
 EVICTION_MODES = ("sagemaker", "lru")

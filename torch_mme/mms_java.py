@@ -26,6 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from handler.settings import user_cache_dir
+
 log = logging.getLogger("torch_mme.mms_java")
 
 PACKAGE_DIR = Path(__file__).resolve().parent / "java"
@@ -58,8 +60,7 @@ def _key(jar: Path) -> str:
 
 
 def _cache_root() -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "torch-mme" / "java"
+    return Path(user_cache_dir()) / "java"
 
 
 def compiled_classes(java: str, into: Path | None = None) -> Path:

@@ -30,7 +30,6 @@ class ModelRecord:
     measured_bytes: int = 0
     processes: list = field(default_factory=list)
     """``processes.started_for`` the model, found after its load: the watchdog checks they still run."""
-    loaded_at: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
     unloading: bool = False
     """Set while an unload waits for in-flight requests: new requests are refused, not raced; not evicted."""
@@ -60,7 +59,6 @@ class Registry:
         return self._models.get(name)
 
     def add(self, record: ModelRecord) -> None:
-        record.loaded_at = time.monotonic()
         self._models[record.name] = record
 
     def remove(self, name: str) -> ModelRecord | None:

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from handler.settings import user_cache_dir
+
 TORCH = "torch==2.13.0"
 PEERS = ("torchserve==0.12.0", "torch-model-archiver==0.12.0", "pyyaml")
 MARKER = ".torch-mme-bench.json"
@@ -30,8 +32,7 @@ def location() -> Path:
     configured = os.environ.get("TORCH_MME_BENCH_VENV")
     if configured:
         return Path(configured).expanduser()
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "torch-mme" / "bench-venv"
+    return Path(user_cache_dir()) / "bench-venv"
 
 
 def requirements() -> list[str]:
