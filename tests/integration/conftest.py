@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -44,9 +46,19 @@ def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(models_root: Path, tmp_path_factory: pytest.TempPathFactory):
-    log_path = tmp_path_factory.mktemp("logs") / "serve.log"
+    with logged_server(models_root, tmp_path_factory.mktemp("logs") / "serve.log") as server:
+        yield server
+
+
+@contextlib.contextmanager
+def logged_server(
+    models_root: Path, log_path: Path, env: dict[str, str] | None = None, timeout_s: int = 20
+) -> Iterator[LocalServer]:
+    """A started ``torch-mme serve`` logging to ``log_path`` (its ``log_path``), stopped on exit; the log is
+    printed afterwards when TORCH_MME_SHOW_LOGS is set."""
     with open(log_path, "wb") as log:
-        server = LocalServer(str(models_root), log=log, args=["--timeout", "20"])
+        server = LocalServer(str(models_root), env=env, log=log, args=["--timeout", str(timeout_s)])
+        server.log_path = log_path
         server.start()
         try:
             yield server

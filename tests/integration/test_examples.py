@@ -30,6 +30,7 @@ pytest.importorskip("sklearn", reason="the example models train on scikit-learn'
 from PIL import Image  # noqa: E402  (multi-model-server depends on Pillow)
 
 from handler.requirements import MARKER, requirements_key  # noqa: E402
+from tests.integration.conftest import logged_server  # noqa: E402
 from torch_mme import examples  # noqa: E402
 from torch_mme.local_server import LocalServer  # noqa: E402
 
@@ -92,18 +93,8 @@ def models_root(tmp_path_factory: pytest.TempPathFactory, built: dict) -> Path:
 @pytest.fixture(scope="module")
 def server(models_root: Path, deps_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     log_path = tmp_path_factory.mktemp("example-logs") / "serve.log"
-    with open(log_path, "wb") as log:
-        server = LocalServer(
-            str(models_root), env={"TORCH_MME_DEPS_DIR": str(deps_dir)}, log=log, args=["--timeout", "300"]
-        )
-        server.start()
-        server.log_path = log_path
-        try:
-            yield server
-        finally:
-            server.stop()
-    if os.environ.get("TORCH_MME_SHOW_LOGS"):
-        print(log_path.read_text())
+    with logged_server(models_root, log_path, env={"TORCH_MME_DEPS_DIR": str(deps_dir)}, timeout_s=300) as server:
+        yield server
 
 
 _loaded: dict[str, tuple[int, dict]] = {}

@@ -7,7 +7,6 @@ models ship their wheels in ``code/wheels/``, nothing touches the network or the
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import uuid
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import write_script_model
+from tests.integration.conftest import logged_server, write_script_model
 from tests.unit.test_requirements import build_wheel
 from torch_mme.local_server import LocalServer
 
@@ -58,15 +57,8 @@ def log_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def deps_server(models_root: Path, deps_dir: Path, log_path: Path):
     env = {"TORCH_MME_PIP_INDEX": "off", "TORCH_MME_DEPS_DIR": str(deps_dir), "TORCH_MME_WHEELHOUSE": ""}
-    with open(log_path, "wb") as log:
-        server = LocalServer(str(models_root), env=env, log=log, args=["--timeout", "30"])
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
-    if os.environ.get("TORCH_MME_SHOW_LOGS"):
-        print(log_path.read_text())
+    with logged_server(models_root, log_path, env=env, timeout_s=30) as server:
+        yield server
 
 
 def unique(prefix: str) -> str:
