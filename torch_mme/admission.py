@@ -67,7 +67,7 @@ class Admission:
 
     def check(self, needed_bytes: int) -> Verdict:
         """Whether ``needed_bytes`` more fit now, keeping the headroom."""
-        loading = sum(self.registry.loading.values())
+        loading = sum(list(self.registry.loading.values()))  # a copy: the event loop changes it meanwhile
         try:
             reading = self.read()
             free = reading.available_bytes - loading

@@ -25,8 +25,6 @@ class ModelRecord:
     url: str
     estimated_bytes: int
     estimate_detail: str = ""
-    params: dict = field(default_factory=dict)
-    """The LoadModel parameters besides name and url: a restart loads it the same way."""
     measured_bytes: int = 0
     processes: list = field(default_factory=list)
     """``processes.started_for`` the model, found after its load: the watchdog checks they still run."""
@@ -68,8 +66,13 @@ class Registry:
         return list(self._models.values())
 
     def reserved_bytes(self) -> int:
-        """Loaded models' reservations plus the estimates of loads in progress."""
-        return sum(r.reserved_bytes for r in self._models.values()) + sum(self.loading.values())
+        """Loaded models' reservations plus the estimates of loads in progress.
+
+        Admission calls this from a worker thread while the event loop changes the dicts: it reads
+        copies (``list()`` of a dict's values is taken at once, under the GIL).
+        """
+        models, loading = list(self._models.values()), list(self.loading.values())
+        return sum(r.reserved_bytes for r in models) + sum(loading)
 
     def in_flight(self, name: str) -> int:
         return self._in_flight[name]
