@@ -22,6 +22,9 @@ setup(
         "numpy>=1.24",
         "psutil>=5.9",
         "aiohttp>=3.9",
+        # the public port's HTTP/1.1 parser (llhttp) and event loop: what uvicorn runs on
+        "httptools>=0.6",
+        "uvloop>=0.19",
         "boto3>=1.28",
         "setproctitle>=1.3",
     ],

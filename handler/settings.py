@@ -106,6 +106,25 @@ class Settings:
     """'': pip's own configuration; ``off``: never use an index; else the index URL to use."""
     pip_timeout_s: int = 600
     """Longest a model's pip install may take (also bounded by the load's own timeout, ``timeout_s``)."""
+    header_timeout_s: float = 10.0
+    """A client must send a request's head (line and headers) within this many seconds, else 408."""
+    body_timeout_s: float = 30.0
+    """A client must send a request's body within this many seconds of its head, else 408."""
+    idle_timeout_s: float = 75.0
+    """An idle keep-alive connection is closed after this many seconds."""
+    max_connections: int = 1024
+    """Open client connections at most; one more is answered 503 and closed."""
+    inflight_mb: int = 0
+    """Request bytes in MMS at once (0: four times ``max_request_mb``); Java's heap and direct memory are sized
+    from it. A request beyond it waits its turn (first come, first served)."""
+    max_queued: int = 256
+    """Requests waiting for room at once; one more is answered 503 with ``Retry-After`` at once."""
+    queue_timeout_s: float = 10.0
+    """Longest a request waits for room before it is answered 503 with ``Retry-After``."""
+
+    @property
+    def inflight_bytes(self) -> int:
+        return (self.inflight_mb or 4 * self.max_request_mb) * 2**20
 
     @property
     def model_overhead_mb(self) -> int:
@@ -139,6 +158,13 @@ class Settings:
             wheelhouse=env.get("TORCH_MME_WHEELHOUSE", cls.wheelhouse),
             pip_index=env.get("TORCH_MME_PIP_INDEX", cls.pip_index).strip(),
             pip_timeout_s=int(env.get("TORCH_MME_PIP_TIMEOUT_S") or cls.pip_timeout_s),
+            header_timeout_s=float(env.get("TORCH_MME_HEADER_TIMEOUT_S") or cls.header_timeout_s),
+            body_timeout_s=float(env.get("TORCH_MME_BODY_TIMEOUT_S") or cls.body_timeout_s),
+            idle_timeout_s=float(env.get("TORCH_MME_IDLE_TIMEOUT_S") or cls.idle_timeout_s),
+            max_connections=int(env.get("TORCH_MME_MAX_CONNECTIONS") or cls.max_connections),
+            inflight_mb=int(env.get("TORCH_MME_INFLIGHT_MB") or cls.inflight_mb),
+            max_queued=int(env.get("TORCH_MME_MAX_QUEUED") or cls.max_queued),
+            queue_timeout_s=float(env.get("TORCH_MME_QUEUE_TIMEOUT_S") or cls.queue_timeout_s),
         )
 
     def with_overrides(self, **overrides: object) -> "Settings":
@@ -171,4 +197,11 @@ class Settings:
             "TORCH_MME_WHEELHOUSE": self.wheelhouse,
             "TORCH_MME_PIP_INDEX": self.pip_index,
             "TORCH_MME_PIP_TIMEOUT_S": str(self.pip_timeout_s),
+            "TORCH_MME_HEADER_TIMEOUT_S": str(self.header_timeout_s),
+            "TORCH_MME_BODY_TIMEOUT_S": str(self.body_timeout_s),
+            "TORCH_MME_IDLE_TIMEOUT_S": str(self.idle_timeout_s),
+            "TORCH_MME_MAX_CONNECTIONS": str(self.max_connections),
+            "TORCH_MME_INFLIGHT_MB": str(self.inflight_mb),
+            "TORCH_MME_MAX_QUEUED": str(self.max_queued),
+            "TORCH_MME_QUEUE_TIMEOUT_S": str(self.queue_timeout_s),
         }

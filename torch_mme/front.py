@@ -1,18 +1,27 @@
 """The public HTTP face of the container: SageMaker's multi-model API in front of MMS.
 
-Requests pass through to MMS, with the container's own rules around them:
+Only the container contract's routes are answered (``ROUTES``); anything
+else is a JSON 404 or 405 and never reaches MMS, whose management API would
+otherwise let a client register code of its choosing. MMS receives only what
+the front builds: a validated, quoted model name, a ``url`` inside the
+models root, and the headers an invocation carries. Around that:
 
 - LoadModel (``POST /models``) is checked (a name MMS can route, a ``url``
-  inside the models root, a directory that exists) and admitted by memory
-  before any worker starts: a model that does not fit answers 507 at once,
-  or, in standalone mode (``TORCH_MME_EVICTION=lru``), least-recently-used
-  idle models are unloaded until it fits. A failed load answers with the
-  handler's own reason and never leaves the name registered (MMS keeps a
-  model that failed with 507 registered with no workers; a retry would get 409).
+  inside the models root, a directory that exists, no other parameter) and
+  admitted by memory before any worker starts: a model that does not fit
+  answers 507 at once, or, in standalone mode (``TORCH_MME_EVICTION=lru``),
+  least-recently-used idle models are unloaded until it fits. A failed load
+  answers with the handler's own reason and never leaves the name registered
+  (MMS keeps a model that failed with 507 registered with no workers; a retry
+  would get 409).
 - UnloadModel (``DELETE /models/N``) returns once the model's processes are gone.
 - GetModel adds the model's estimated and measured memory.
-- Invocations mark the model in use, so eviction never takes it mid-request.
+- Invocations mark the model in use, so eviction never takes it mid-request,
+  and reserve their body's bytes in ``to_mms`` first: Java holds every body in
+  flight, and more than its direct memory makes it fail every request and
+  report itself Unhealthy. Past the bound a request waits, then gets 503.
 - A model whose processes all died is restarted (``watchdog``): MMS never does.
+- ``/ping`` is MMS's own health: 503 when Java is gone or says Unhealthy.
 """
 
 from __future__ import annotations
@@ -24,50 +33,66 @@ import logging
 import os
 import re
 import time
-from urllib.parse import parse_qsl
-
-from aiohttp import web
+from collections.abc import Awaitable, Callable
+from urllib.parse import parse_qsl, quote, unquote
 
 from handler import load_report
 from handler.settings import Settings
 from torch_mme import processes
 from torch_mme.admission import MB, Admission
+from torch_mme.httpserver import ByteBudget, QueueFull, Request, Response, error_response, json_response
 from torch_mme.registry import ModelRecord, Registry
-from torch_mme.upstream import Response, Upstream, UpstreamError, UpstreamTimeout
+from torch_mme.upstream import Upstream, UpstreamError, UpstreamTimeout
 from torch_mme.watchdog import Watchdog
 
 log = logging.getLogger("torch_mme.front")
 
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,254}$")
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,254}")
+"""What a model name may be (full match): SageMaker's names are opaque, MMS routes these."""
 LOAD_TIMEOUT_S = 600.0
 UNLOAD_WAIT_S = 10.0
+LOAD_PARAMETERS = ("model_name", "url")
+"""What a LoadModel may say (SageMaker sends exactly these); MMS's other register parameters are the server's."""
+LIST_PARAMETERS = ("limit", "next_page_token")
+FORWARDED_HEADERS = ("content-type", "accept")
+"""Invocation headers MMS receives, besides every ``X-Amzn-SageMaker-*`` one."""
+
+error = error_response
 
 
-def error(status: int, kind: str, message: str) -> web.Response:
-    """Every error the front itself answers: a short JSON body, MMS's shape."""
-    return web.json_response({"code": status, "type": kind, "message": message}, status=status)
-
-
-def _to_web(response: Response) -> web.Response:
+def _one_line(response: Response) -> Response:
     body = response.body
     if response.status >= 400 and b"\n" in body.strip():
         # MMS pretty-prints its own errors ("Worker died.", a timeout) over several lines: make them one line
         with contextlib.suppress(ValueError):
-            body = json.dumps(json.loads(body)).encode()
-    return web.Response(status=response.status, body=body, headers=response.headers)
+            response.body = json.dumps(json.loads(body)).encode()
+    return response
 
 
-def _conflict(name: str) -> web.Response:
+def _conflict(name: str) -> Response:
     return error(409, "ConflictStatusException", f"Model {name} is already registered.")
 
 
-def _restarting(name: str) -> web.Response:
+def _restarting(name: str) -> Response:
     return error(503, "ModelRestarting", f"model {name}'s processes died; it is being restarted, retry shortly")
 
 
 def _not_found(name: str) -> Response:
-    body = json.dumps({"code": 404, "type": "ModelNotFoundException", "message": f"Model not found: {name}"})
-    return Response(404, [("Content-Type", "application/json")], body.encode())
+    return error(404, "ModelNotFoundException", f"Model not found: {name}")
+
+
+def _busy(reason: str) -> Response:
+    return error(503, "ServiceUnavailable", f"server busy ({reason}); retry", [("Retry-After", "1")])
+
+
+def model_path(name: str, suffix: str = "") -> str:
+    """MMS's path for a validated name, quoted all the same: nothing a client sent reaches MMS raw."""
+    if not MODEL_NAME.fullmatch(name):
+        raise ValueError(f"invalid model name {name!r}")
+    return f"/models/{quote(name, safe='')}{suffix}"
+
+
+Route = Callable[..., Awaitable[Response]]
 
 
 class Front:
@@ -78,39 +103,27 @@ class Front:
         self.registry = Registry()
         self.admission = Admission(settings, self.registry, root_pid)
         self.watchdog = Watchdog(self.registry, self.restart)
+        self.to_mms = ByteBudget(settings.inflight_bytes, settings.max_queued, settings.queue_timeout_s)
+        """Request bytes in MMS now: Java's memory for bodies is sized from this bound."""
         self._admitting = asyncio.Lock()
         self._invoking: dict[str, set[asyncio.Task]] = {}
         """The request handlers waiting on MMS, by model: a restart answers them at once."""
         self._abandoned: set[asyncio.Task] = set()
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_request_mb * 2**20, middlewares=[self._errors])
-        app.router.add_post("/models", self.load_model)
-        app.router.add_get("/models/{name}", self.describe_model)
-        app.router.add_delete("/models/{name}", self.unload_model)
-        app.router.add_post("/models/{name}/invoke", self.invoke)
-        app.router.add_route("*", "/{tail:.*}", self.forward)
-        app.cleanup_ctx.append(self._watching)
-        return app
+    # --- routing ---------------------------------------------------------------------------------
+    def routes(self) -> dict[tuple[str, ...], dict[str, Route]]:
+        """The container contract's routes: path shape (``{name}`` for a model) -> method -> handler."""
+        return {
+            ("ping",): {"GET": self.ping},
+            ("models",): {"GET": self.list_models, "POST": self.load_model},
+            ("models", "{name}"): {"GET": self.describe_model, "DELETE": self.unload_model},
+            ("models", "{name}", "invoke"): {"POST": self.invoke},
+        }
 
-    async def _watching(self, app: web.Application):
-        task = asyncio.create_task(self.watchdog.run(), name="watchdog")
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    @web.middleware
-    async def _errors(self, request: web.Request, handler) -> web.StreamResponse:
+    async def handle(self, request: Request) -> Response:
+        """Route one request; MMS's failures become JSON 502/504."""
         try:
-            return await handler(request)
-        except web.HTTPRequestEntityTooLarge:
-            limit = self.settings.max_request_mb
-            return error(
-                413, "PayloadTooLarge", f"request body is larger than {limit} MiB (SAGEMAKER_MAX_PAYLOAD_IN_MB)"
-            )
-        except web.HTTPException as exc:
-            return error(exc.status, type(exc).__name__, exc.reason)
+            return await self._dispatch(request)
         except UpstreamTimeout as exc:
             log.error("%s %s: %s", request.method, request.path, exc)
             return error(504, "ModelServerTimeout", str(exc))
@@ -118,40 +131,87 @@ class Front:
             log.error("%s %s: %s", request.method, request.path, exc)
             return error(502, "ModelServerUnavailable", str(exc))
 
-    async def _pass(self, request: web.Request, timeout: float | None = None) -> Response:
-        body = await request.read()
-        return await self.upstream.request(
-            request.method,
-            request.path_qs,
-            list(request.headers.items()),
-            body,
-            timeout=timeout or self.settings.timeout_s + 30.0,
-        )
+    async def _dispatch(self, request: Request) -> Response:
+        segments = request.path.split("/")
+        if segments[0] != "" or len(segments) < 2:
+            return error(400, "BadRequest", "the request target must be an absolute path")
+        shape, args = [], []
+        for position, segment in enumerate(segments[1:]):
+            if position == 1 and segments[1] == "models" and segment:
+                try:
+                    name = unquote(segment, errors="strict")
+                except UnicodeDecodeError:
+                    return error(400, "BadRequest", "the model name is not valid UTF-8")
+                if not MODEL_NAME.fullmatch(name):
+                    return error(
+                        400, "BadRequest", f"model name {name[:80]!r} must be 1-255 letters, digits, '.', '_' or '-'"
+                    )
+                shape.append("{name}")
+                args.append(name)
+            else:
+                shape.append(segment)
+        methods = self.routes().get(tuple(shape))
+        if methods is None:
+            return error(404, "NotFound", f"no such route: {request.method} {request.path[:120]}")
+        handler = methods.get(request.method)
+        if handler is None:
+            allowed = ", ".join(sorted(methods))
+            return error(405, "MethodNotAllowed", f"{request.method} is not allowed here", [("Allow", allowed)])
+        return await handler(request, *args)
 
-    async def forward(self, request: web.Request) -> web.Response:
-        return _to_web(await self._pass(request))
+    # --- health and listing ----------------------------------------------------------------------
+    async def ping(self, request: Request) -> Response:
+        """MMS's health: 503 when Java does not answer or calls itself Unhealthy (SageMaker then replaces us)."""
+        try:
+            response = await self.upstream.request("GET", "/ping", timeout=5.0)
+        except UpstreamError as exc:
+            return json_response(503, {"status": "Unhealthy", "reason": str(exc)})
+        if response.status == 200 and b'"Unhealthy"' in response.body:
+            response.status = 503
+        return response
 
-    async def invoke(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
+    async def list_models(self, request: Request) -> Response:
+        query = dict(parse_qsl(request.query))
+        unknown = sorted(set(query) - set(LIST_PARAMETERS))
+        if unknown:
+            return error(400, "BadRequest", f"ListModels takes only {', '.join(LIST_PARAMETERS)}, not {unknown}")
+        if any(not value.isdigit() or len(value) > 9 for value in query.values()):
+            return error(400, "BadRequest", "limit and next_page_token must be non-negative integers")
+        path = "/models" + (f"?{'&'.join(f'{k}={v}' for k, v in sorted(query.items()))}" if query else "")
+        return await self.upstream.request("GET", path, timeout=30.0)
+
+    # --- invocations -----------------------------------------------------------------------------
+    async def invoke(self, request: Request, name: str) -> Response:
         record = self.registry.get(name)
         if record is not None and record.unloading:
             return error(404, "ModelNotFoundException", f"Model not found: {name} (it is being unloaded)")
         if name in self.registry.restarting:
             return _restarting(name)
+        headers = [
+            (k, v) for k, v in request.headers if k.lower() in FORWARDED_HEADERS or k.lower().startswith("x-amzn-")
+        ]
+        try:
+            held = await self.to_mms.acquire(len(request.body))
+        except QueueFull as exc:
+            return _busy(str(exc))
         task = asyncio.current_task()
         waiting = self._invoking.setdefault(name, set())
         waiting.add(task)
         try:
             with self.registry.in_use(name):
-                return _to_web(await self._pass(request))
+                response = await self.upstream.request(
+                    "POST", model_path(name, "/invoke"), headers, request.body, timeout=self.settings.timeout_s + 30.0
+                )
+                return _one_line(response)
         except asyncio.CancelledError:
             if task not in self._abandoned:
-                raise  # the client went away
+                raise  # the server is stopping
             self._abandoned.discard(task)
             if hasattr(task, "uncancel"):  # Python 3.11+: this cancellation is handled
                 task.uncancel()
             return _restarting(name)
         finally:
+            self.to_mms.release(held)
             waiting.discard(task)
             if not waiting:
                 self._invoking.pop(name, None)
@@ -169,7 +229,7 @@ class Front:
         try:
             await self._unload_now(name, reason="its processes died")  # MMS stops retrying the dead worker
             self.registry.restarting.discard(name)  # MMS answers for it from here (503 while it loads)
-            response = await self._load_in_mms(name, record.url, record.params)
+            response = await self._load_in_mms(name, record.url)
             if response.status == 200:
                 self.registry.add(record)
             else:
@@ -188,11 +248,11 @@ class Front:
         record.measured_bytes = await asyncio.to_thread(self.admission.measure, record.name)
         record.processes = await asyncio.to_thread(processes.started_for, self.admission.root_pid, record.name)
 
-    async def describe_model(self, request: web.Request) -> web.Response:
-        response = await self._pass(request)
-        record = self.registry.get(request.match_info["name"])
+    async def describe_model(self, request: Request, name: str) -> Response:
+        response = await self.upstream.request("GET", model_path(name), timeout=30.0)
+        record = self.registry.get(name)
         if response.status != 200 or record is None:
-            return _to_web(response)
+            return _one_line(response)
         details = json.loads(response.body)
         details["memory"] = {
             "estimatedBytes": record.estimated_bytes,
@@ -201,12 +261,10 @@ class Front:
             "lastUsedSecondsAgo": round(time.monotonic() - record.last_used, 3),
             "inFlight": self.registry.in_flight(record.name),
         }
-        return web.json_response(details)
+        return json_response(200, details)
 
-    async def unload_model(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        response = await self._unload(name, reason="UnloadModel")
-        return _to_web(response)
+    async def unload_model(self, request: Request, name: str) -> Response:
+        return _one_line(await self._unload(name, reason="UnloadModel"))
 
     async def _unload(self, name: str, reason: str) -> Response:
         """DELETE in MMS, then wait until the model's processes are gone, so its memory is back.
@@ -246,7 +304,7 @@ class Front:
         before = await asyncio.to_thread(processes.model_processes, os.getpid(), name)
         freed = await asyncio.to_thread(processes.uss, before)
         started = time.monotonic()
-        response = await self.upstream.request("DELETE", f"/models/{name}", timeout=LOAD_TIMEOUT_S)
+        response = await self.upstream.request("DELETE", model_path(name), timeout=LOAD_TIMEOUT_S)
         if response.status == 200:
             self.registry.remove(name)
             killed = await asyncio.to_thread(processes.wait_gone, before, UNLOAD_WAIT_S)
@@ -262,21 +320,28 @@ class Front:
             )
         return response
 
-    async def load_model(self, request: web.Request) -> web.Response:
+    async def load_model(self, request: Request) -> Response:
         """LoadModel: validate, admit by memory, forward; on failure answer the reason and leave nothing behind."""
-        params = dict(parse_qsl(request.query_string))
-        body = await request.read()
-        if body:
+        params: dict = dict(parse_qsl(request.query))
+        if request.body:
             try:
-                params.update(json.loads(body))
-            except (ValueError, TypeError):
+                body = json.loads(request.body)
+            except (ValueError, TypeError, RecursionError):
+                body = None
+            if not isinstance(body, dict):
                 return error(400, "BadRequest", 'LoadModel body must be JSON: {"model_name": ..., "url": ...}')
+            params.update(body)
+        unknown = sorted(set(params) - set(LOAD_PARAMETERS))
+        if unknown:
+            return error(
+                400, "BadRequest", f"LoadModel takes only model_name and url; unknown parameter(s) {unknown[:5]}"
+            )
         name, url = params.get("model_name"), params.get("url")
         if not isinstance(url, str) or not url:
             return error(400, "BadRequest", "LoadModel needs a url (the model directory)")
         if name is None:
             name = os.path.basename(url.rstrip("/"))
-        if not isinstance(name, str) or not MODEL_NAME.match(name):
+        if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
             return error(400, "BadRequest", f"model_name {name!r} must be 1-255 letters, digits, '.', '_' or '-'")
         url, problem = self._resolve_url(url)
         if problem is not None:
@@ -288,15 +353,14 @@ class Front:
         refusal = await self._admit(name, estimate.bytes)
         if refusal is not None:
             return refusal
-        extra = {k: v for k, v in params.items() if k not in ("model_name", "url")}
-        record = ModelRecord(name, url, estimate.bytes, estimate.detail, params=extra)
+        record = ModelRecord(name, url, estimate.bytes, estimate.detail)
         try:
-            response = await self._load_in_mms(name, url, params)
+            response = await self._load_in_mms(name, url)
             if response.status == 507 and self.settings.eviction == "lru" and self.registry.eviction_order():
                 # the estimate was low: clear MMS's half-registered model, make room, try once more
                 await self._unload_now(name, reason="failed load")
                 if await self._evict_one(name):
-                    response = await self._load_in_mms(name, url, params)
+                    response = await self._load_in_mms(name, url)
             if response.status == 200:
                 self.registry.add(record)  # before it leaves `loading`: an unload never finds it in neither
             else:
@@ -313,9 +377,9 @@ class Front:
             estimate.detail,
             record.measured_bytes / MB,
         )
-        return _to_web(response)
+        return _one_line(response)
 
-    async def _admit(self, name: str, needed: int) -> web.Response | None:
+    async def _admit(self, name: str, needed: int) -> Response | None:
         """Reserve room for the load, unloading LRU models first in standalone mode; a 507 response if it cannot."""
         async with self._admitting:
             while True:
@@ -348,14 +412,15 @@ class Front:
             self.registry.remove(victim.name)
         return response.status in (200, 404)
 
-    async def _load_in_mms(self, name: str, url: str, params: dict) -> Response:
+    async def _load_in_mms(self, name: str, url: str) -> Response:
+        """MMS's register call with exactly a validated name and url: workers, batching, handler are serve's."""
         load_report.discard(self.settings.run_dir, name)
-        payload = json.dumps({**params, "model_name": name, "url": url}).encode()
+        payload = json.dumps({"model_name": name, "url": url}).encode()
         return await self.upstream.request(
             "POST", "/models", [("Content-Type", "application/json")], payload, timeout=LOAD_TIMEOUT_S
         )
 
-    def _resolve_url(self, url: str) -> tuple[str, web.Response | None]:
+    def _resolve_url(self, url: str) -> tuple[str, Response | None]:
         """The absolute model directory for a LoadModel ``url`` (relative ones are under the models root)."""
         if url.startswith(("http://", "https://", "s3://", "file:")):
             return url, error(400, "BadRequest", f"url must be a directory under {self.settings.models_root}")
@@ -369,14 +434,14 @@ class Front:
             return url, error(404, "ModelNotFound", f"model directory {url} does not exist")
         return os.path.normpath(path), None
 
-    async def _failed_load(self, name: str, response: Response) -> web.Response:
+    async def _failed_load(self, name: str, response: Response) -> Response:
         if response.status == 409:
-            return _to_web(response)
+            return _one_line(response)
         reason = load_report.take(self.settings.run_dir, name)
         status = 507 if response.status == 507 else (reason or {}).get("code", response.status)
         # MMS leaves a 507'd model registered with no workers; a later LoadModel would get 409.
         await self._unload_now(name, reason="failed load")
         if reason is None:
-            return _to_web(response)
+            return _one_line(response)
         log.warning("LoadModel %s failed (%d): %s", name, status, reason.get("message"))
         return error(status, reason.get("type", "ModelLoadError"), reason.get("message", "model failed to load"))

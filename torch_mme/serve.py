@@ -40,6 +40,7 @@ import psutil
 
 from handler.settings import Settings, default_deps_dir
 from torch_mme import forking, mms_java
+from torch_mme.httpserver import Limits
 
 log = logging.getLogger("torch_mme.serve")
 
@@ -107,12 +108,48 @@ def prepare_run_dir(settings: Settings) -> Settings:
     return settings.with_overrides(run_dir=run_dir, deps_dir=settings.deps_dir or default_deps_dir())
 
 
+def limits(settings: Settings) -> Limits:
+    """What the public port lets a client hold: the front's bounds, from the settings."""
+    return Limits(
+        max_body_bytes=settings.max_request_mb * 2**20,
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        idle_timeout_s=settings.idle_timeout_s,
+        max_connections=settings.max_connections,
+        receive_budget_bytes=settings.inflight_bytes,
+        queue_timeout_s=settings.queue_timeout_s,
+        max_queued=settings.max_queued,
+    )
+
+
+def jvm_memory_flags(settings: Settings) -> str:
+    """Java's heap and direct memory, sized from the request bytes the front lets into MMS at once.
+
+    Netty holds each body in direct memory while it is read and again while it is written to the
+    worker, and MMS copies it to the heap in between; with the default direct memory (the heap's
+    size) 48 bodies of 6 MiB made Java fail every request and report itself Unhealthy. Both pools
+    get twice the in-flight bound on top of their base (measured: bench/results/reliability.md).
+    """
+    inflight_mb = settings.inflight_bytes // 2**20
+    heap_mb = _megabytes(settings.jvm_heap) + 2 * inflight_mb
+    return f"-Xms{heap_mb}m -Xmx{heap_mb}m -XX:MaxDirectMemorySize={64 + 2 * inflight_mb}m"
+
+
+def _megabytes(size: str) -> int:
+    """A JVM size (``128m``, ``1g``, ``524288k``) in MiB."""
+    value = size.strip().lower()
+    units = {"k": 1 / 1024, "m": 1, "g": 1024}
+    if value and value[-1] in units:
+        return max(1, int(float(value[:-1]) * units[value[-1]]))
+    return max(1, int(value) // 2**20)
+
+
 def mms_environment(settings: Settings) -> dict[str, str]:
     """What MMS, sagemaker-inference and the workers read; a user's own settings are kept."""
     socket_url = "unix:" + os.path.join(settings.run_dir, "mms.sock")
     vmargs = settings.vmargs or JVM_FLAGS
     if "-Xmx" not in vmargs:
-        vmargs += f" -Xms{settings.jvm_heap} -Xmx{settings.jvm_heap}"
+        vmargs += " " + jvm_memory_flags(settings)
     return {
         **settings.to_env(),
         "PATH": _search_path(),
@@ -154,6 +191,8 @@ class Server:
         self.settings = settings
         self.listener = listener
         self.stopping = threading.Event()
+        self.asked_to_stop = threading.Event()
+        """Set by SIGTERM/SIGINT only: any other end of MMS is a failure (exit status 1)."""
         self.ready = threading.Event()
         self.failed: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -176,13 +215,13 @@ class Server:
         try:
             self._run_mms()
         except ServeError as exc:
-            self.failed = str(exc)
+            self.failed = self.failed or str(exc)
         finally:
             self.stop_processes()
             if self._loop is not None:
                 self._loop.call_soon_threadsafe(self._loop.stop)
             shutil.rmtree(self.settings.run_dir, ignore_errors=True)
-        if self.failed and not self.stopping.is_set():
+        if self.failed and not self.asked_to_stop.is_set():
             log.error("%s", self.failed)
             return 1
         log.info("stopped")
@@ -198,8 +237,8 @@ class Server:
         model_server._add_sigterm_handler = lambda process: None  # ours stops the whole tree
         model_server._add_sigchild_handler = lambda: signal.signal(signal.SIGCHLD, _reap_children)
         model_server.start_model_server(handler_service=HANDLER_SERVICE)  # blocks until Java exits
-        if not self.stopping.is_set():
-            raise ServeError("MMS exited unexpectedly; see its log above")
+        if not self.asked_to_stop.is_set():
+            raise ServeError("MMS's Java exited unexpectedly; stopping (see its log above)")
 
     def _find_own_mms(self, startup_timeout: int) -> psutil.Process:
         """This instance's Java: a descendant whose command line names this run folder's config."""
@@ -219,6 +258,7 @@ class Server:
 
     def _run_front(self) -> None:
         from torch_mme.front import Front
+        from torch_mme.httpserver import HttpServer
         from torch_mme.upstream import Upstream
 
         try:
@@ -234,11 +274,10 @@ class Server:
             loop.run_until_complete(self._wait_for_mms(upstream))
             if self.stopping.is_set():
                 return
-            from aiohttp import web
-
-            runner = web.AppRunner(Front(self.settings, upstream).app(), access_log=None, handle_signals=False)
-            loop.run_until_complete(runner.setup())
-            loop.run_until_complete(web.SockSite(runner, self.listener).start())
+            front = Front(self.settings, upstream)
+            server = HttpServer(front.handle, limits(self.settings))
+            loop.run_until_complete(server.start(self.listener))
+            watchdog = loop.create_task(front.watchdog.run(), name="watchdog")
             self.ready.set()
             log.info(
                 "ready: serving http://%s:%d (models root %s)",
@@ -247,11 +286,14 @@ class Server:
                 self.settings.models_root,
             )
             loop.run_forever()
-            loop.run_until_complete(runner.cleanup())
+            watchdog.cancel()
+            loop.run_until_complete(server.close())
         except Exception as exc:  # the front is the server: without it, stop everything
             self.failed = f"front failed: {exc}"
             log.exception("front failed")
-            os.kill(os.getpid(), signal.SIGTERM)
+            self.stopping.set()
+            if self._mms is not None:
+                _signal(self._mms, signal.SIGTERM)  # run() then stops everything and exits 1
         finally:
             upstream.close()
 
@@ -272,6 +314,7 @@ class Server:
     def _on_signal(self, signo: int, frame: object) -> None:
         if not self.stopping.is_set():
             log.info("%s: stopping", signal.Signals(signo).name)
+        self.asked_to_stop.set()
         self.stopping.set()
         if self._mms is not None:
             _signal(self._mms, signal.SIGTERM)

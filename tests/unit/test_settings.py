@@ -107,6 +107,13 @@ def test_to_env_round_trip_of_every_field_changed():
         wheelhouse="/srv/wheels",
         pip_index="off",
         pip_timeout_s=30,
+        header_timeout_s=2.5,
+        body_timeout_s=7.0,
+        idle_timeout_s=9.0,
+        max_connections=50,
+        inflight_mb=64,
+        max_queued=8,
+        queue_timeout_s=1.5,
     )
     # every field differs from its default, so the round trip covers them all
     assert all(getattr(settings, f.name) != f.default for f in dataclasses.fields(Settings))

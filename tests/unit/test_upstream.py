@@ -6,11 +6,11 @@ import asyncio
 import json
 
 import pytest
-from aiohttp.test_utils import make_mocked_request
 
 from handler.settings import Settings
 from torch_mme.front import Front
-from torch_mme.upstream import Upstream, UpstreamTimeout
+from torch_mme.httpserver import Request, Response
+from torch_mme.upstream import Upstream, UpstreamError, UpstreamTimeout
 
 
 def test_a_model_server_that_never_answers_is_an_upstream_timeout(tmp_path):
@@ -34,15 +34,56 @@ def test_a_model_server_that_never_answers_is_an_upstream_timeout(tmp_path):
 
 
 def test_the_front_answers_an_upstream_timeout_with_a_json_504(tmp_path):
-    front = Front(Settings(models_root=str(tmp_path)), Upstream(str(tmp_path / "mms.sock")))
+    class Silent(Upstream):
+        async def request(self, *args, **kwargs):
+            raise UpstreamTimeout("the model server did not answer within 90 s")
 
-    async def handler(request):
-        raise UpstreamTimeout("the model server did not answer within 90 s")
-
-    response = asyncio.run(front._errors(make_mocked_request("POST", "/models/m/invoke"), handler))
+    front = Front(Settings(models_root=str(tmp_path)), Silent(str(tmp_path / "mms.sock")))
+    request = Request("POST", "/models/m/invoke", "", [("Content-Type", "application/json")], b"[1]")
+    response = asyncio.run(front.handle(request))
     assert response.status == 504
     assert json.loads(response.body) == {
         "code": 504,
         "type": "ModelServerTimeout",
         "message": "the model server did not answer within 90 s",
     }
+
+
+def test_ping_is_503_when_mms_is_gone_or_unhealthy(tmp_path):
+    class Gone(Upstream):
+        async def request(self, *args, **kwargs):
+            raise UpstreamError("model server is not reachable: [Errno 111] Connection refused")
+
+    class Unhealthy(Upstream):
+        async def request(self, *args, **kwargs):
+            return Response(200, [("Content-Type", "application/json")], b'{\n  "status": "Unhealthy"\n}\n')
+
+    ping = Request("GET", "/ping", "", [])
+    for upstream in (Gone(str(tmp_path / "s")), Unhealthy(str(tmp_path / "s"))):
+        response = asyncio.run(Front(Settings(models_root=str(tmp_path)), upstream).handle(ping))
+        assert response.status == 503
+        assert json.loads(response.body)["status"] == "Unhealthy"
+
+
+def test_the_front_answers_only_the_contracts_routes(tmp_path):
+    class Recording(Upstream):
+        calls: list = []
+
+        async def request(self, method, path, *args, **kwargs):
+            self.calls.append((method, path))
+            return Response(200, [], b"{}")
+
+    upstream = Recording(str(tmp_path / "s"))
+    front = Front(Settings(models_root=str(tmp_path)), upstream)
+    for method, path, status in [
+        ("POST", "/models/", 404),
+        ("PUT", "/models/m", 405),
+        ("GET", "/predictions/m", 404),
+        ("DELETE", "/models/m%0D%0AX", 400),
+        ("GET", "/models/m%0A", 400),
+        ("POST", "/models/a%20b/invoke", 400),
+        ("GET", "//models", 404),
+    ]:
+        response = asyncio.run(front.handle(Request(method, path, "", [])))
+        assert response.status == status, (method, path, response.body)
+    assert upstream.calls == []

@@ -1,0 +1,483 @@
+"""The public port's HTTP/1.1 server: strict parsing, every resource a client can hold bounded.
+
+Why not a general-purpose framework: the container sits in front of MMS's
+Java, which runs out of direct memory (and then answers ``/ping`` Unhealthy,
+so SageMaker replaces the instance) when too many request bodies reach it at
+once, and a client must not be able to hold memory or connections by going
+slow. This server makes each bound explicit (``Limits``):
+
+- requests are parsed by llhttp (``httptools``, what uvicorn uses): a
+  request line or header that is not strict HTTP/1.1 is a 400, never passed on;
+- a connection must finish its request head within ``header_timeout_s`` and
+  its body within ``body_timeout_s``; an idle keep-alive connection is closed
+  after ``idle_timeout_s``; at most ``max_connections`` are open at once;
+- a body larger than ``max_body_bytes`` is answered 413 without being read;
+- a body larger than ``SMALL_BODY`` is read only once its whole declared size
+  is reserved in the ``receiving`` budget, so slow senders of large bodies
+  hold at most that much memory together (the rest wait, then get 503);
+- the handler (the front) reserves every complete body in a second budget
+  before it goes to MMS (``Front``), so what Java holds is bounded too.
+
+One request per connection is handled at a time (pipelined requests wait,
+in order); a handler runs as its own task, so it can be cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import httptools
+
+log = logging.getLogger("torch_mme.httpserver")
+
+SMALL_BODY = 64 * 2**10
+"""Bodies up to this size are read at once; larger ones first reserve room in the receiving budget."""
+MAX_HEAD_BYTES = 64 * 2**10
+MAX_HEADERS = 100
+WRITE_HIGH_WATER = 2**20
+LINGER_S = 2.0
+"""After refusing a body (413, 503), how long its bytes are read and dropped, so the client sees the answer."""
+
+REASONS = {
+    100: "Continue",
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    409: "Conflict",
+    413: "Payload Too Large",
+    415: "Unsupported Media Type",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+    507: "Insufficient Storage",
+}
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    """The raw path, still percent-encoded (the router decodes each segment)."""
+    query: str
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+    keep_alive: bool = True
+    receiving: int = 0
+    """Bytes this request holds in the server's receiving budget until it is answered."""
+
+    def header(self, name: str) -> str | None:
+        wanted = name.lower()
+        return next((v for k, v in self.headers if k.lower() == wanted), None)
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+
+def json_response(status: int, payload: object, headers: list[tuple[str, str]] | None = None) -> Response:
+    body = json.dumps(payload).encode()
+    return Response(status, [("Content-Type", "application/json"), *(headers or [])], body)
+
+
+def error_response(status: int, kind: str, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
+    """Every error this server or the front answers itself: one line of JSON, MMS's shape."""
+    return json_response(status, {"code": status, "type": kind, "message": message}, headers)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    idle_timeout_s: float = 75.0
+    max_connections: int = 1024
+    receive_budget_bytes: int = 24 * 2**20
+    queue_timeout_s: float = 10.0
+    max_queued: int = 256
+
+
+class QueueFull(Exception):
+    """No room in a budget within the wait allowed, or too many already waiting: answer 503."""
+
+
+class ByteBudget:
+    """Bytes reserved by requests, first come first served; a request larger than the whole budget takes all of it.
+
+    Waiting is bounded twice: at most ``max_waiters`` wait at once (more are refused at
+    once) and each waits at most ``timeout_s``. Both refusals raise ``QueueFull``.
+    """
+
+    def __init__(self, capacity: int, max_waiters: int, timeout_s: float) -> None:
+        self.capacity = capacity
+        self.max_waiters = max_waiters
+        self.timeout_s = timeout_s
+        self.used = 0
+        self._waiters: collections.deque[tuple[int, asyncio.Future]] = collections.deque()
+
+    def _size(self, n: int) -> int:
+        return max(1, min(n, self.capacity))
+
+    async def acquire(self, n: int) -> int:
+        """Reserve ``n`` bytes (returns what to release)."""
+        n = self._size(n)
+        if not self._waiters and self.used + n <= self.capacity:
+            self.used += n
+            return n
+        if len(self._waiters) >= self.max_waiters:
+            raise QueueFull(f"{len(self._waiters)} requests are already waiting")
+        future = asyncio.get_running_loop().create_future()
+        entry = (n, future)
+        self._waiters.append(entry)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
+        except asyncio.TimeoutError:
+            if future.done():  # granted just as the wait ended: keep it
+                return n
+            self._waiters.remove(entry)
+            self._grant()
+            raise QueueFull(f"no room within {self.timeout_s:g} s") from None
+        except asyncio.CancelledError:
+            if future.done():
+                self.release(n)
+            else:
+                self._waiters.remove(entry)
+                self._grant()
+            raise
+        return n
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiters and self.used + self._waiters[0][0] <= self.capacity:
+            n, future = self._waiters.popleft()
+            if not future.done():
+                self.used += n
+                future.set_result(None)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+
+class HttpServer:
+    """Serves ``handler`` on a listening socket with ``limits``; ``start`` then ``close``."""
+
+    def __init__(self, handler: Handler, limits: Limits) -> None:
+        self.handler = handler
+        self.limits = limits
+        self.receiving = ByteBudget(limits.receive_budget_bytes, limits.max_queued, limits.queue_timeout_s)
+        self.connections: set[_Connection] = set()
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self, sock) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Connection(self), sock=sock, backlog=1024)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self.connections):
+            connection.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parse, bound, queue complete requests, answer them in order."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.limits = server.limits
+        self.loop = asyncio.get_running_loop()
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.closed = False
+        self.discarding = False
+        self.pending: collections.deque[Request] = collections.deque()
+        self.worker: asyncio.Task | None = None
+        self.reading = True
+        self.reserving = False
+        self._drained: asyncio.Event = asyncio.Event()
+        self._drained.set()
+        self._reset_message()
+
+    def _reset_message(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[str, str]] = []
+        self.head_bytes = 0
+        self.body: list[bytes] = []
+        self.body_bytes = 0
+        self.reserved = 0
+        self.in_message = False
+        self.head_done = False
+
+    # --- the connection --------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if len(self.server.connections) >= self.limits.max_connections:
+            log.warning("refusing a connection: %d are open (TORCH_MME_MAX_CONNECTIONS)", len(self.server.connections))
+            self._write_response(
+                error_response(503, "TooManyConnections", "too many open connections", [("Retry-After", "1")]),
+                keep_alive=False,
+            )
+            self.close()
+            return
+        self.server.connections.add(self)
+        self._set_timer(self.limits.idle_timeout_s, None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        self._cancel_timer()
+        self._release_receiving()
+        self._drained.set()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._cancel_timer()
+            self._release_receiving()
+            if self.transport is not None:
+                self.transport.close()
+
+    def pause_writing(self) -> None:
+        self._drained.clear()
+
+    def resume_writing(self) -> None:
+        self._drained.set()
+
+    def data_received(self, data: bytes) -> None:
+        if self.discarding or self.closed:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(400, "BadRequest", "protocol upgrades are not supported")
+        except httptools.HttpParserError as exc:
+            if not self.discarding and not self.closed:
+                self._refuse(400, "BadRequest", f"malformed HTTP request: {_short(exc)}")
+
+    # --- timers ----------------------------------------------------------------------------------
+    def _set_timer(self, seconds: float, on_expiry: tuple[int, str, str] | None) -> None:
+        self._cancel_timer()
+        self.timer = self.loop.call_later(seconds, self._expired, on_expiry)
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _expired(self, answer: tuple[int, str, str] | None) -> None:
+        self.timer = None
+        if answer is None or self.worker is not None:
+            self.close()  # idle keep-alive connection (or the answer in progress closes it)
+        else:
+            self._refuse(*answer)
+
+    # --- parser callbacks ------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._reset_message()
+        self.in_message = True
+        self._message_timer()
+
+    def _message_timer(self) -> None:
+        """The deadline of the request being received: its head, then its body (none while one is answered)."""
+        if self.worker is not None:
+            return
+        if not self.head_done:
+            what, seconds = "head", self.limits.header_timeout_s
+        else:
+            what, seconds = "body", self.limits.body_timeout_s
+        self._set_timer(seconds, (408, "RequestTimeout", f"request {what} not received within {seconds:g} s"))
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value))
+        if len(self.headers) >= MAX_HEADERS:
+            raise httptools.HttpParserError(f"more than {MAX_HEADERS} headers")
+        try:
+            self.headers.append((name.decode("ascii"), value.decode("ascii")))
+        except UnicodeDecodeError:
+            raise httptools.HttpParserError("a header holds a character that is not ASCII") from None
+
+    def _count_head(self, n: int) -> None:
+        self.head_bytes += n
+        if self.head_bytes > MAX_HEAD_BYTES:
+            raise httptools.HttpParserError(f"request head larger than {MAX_HEAD_BYTES} bytes")
+
+    def on_headers_complete(self) -> None:
+        self.head_done = True
+        length = next((v for k, v in self.headers if k.lower() == "content-length"), None)
+        declared = int(length) if length is not None and length.isdigit() else None
+        chunked = declared is None and any(k.lower() == "transfer-encoding" for k, _ in self.headers)
+        if declared is not None and declared > self.limits.max_body_bytes:
+            self._refuse_too_large()
+            return
+        expects = any(k.lower() == "expect" and v.lower() == "100-continue" for k, v in self.headers)
+        needed = declared if declared is not None else (self.limits.max_body_bytes if chunked else 0)
+        if needed > SMALL_BODY:
+            self._cancel_timer()  # waiting for room has its own bound (the budget's queue timeout)
+            self._pause_reading()
+            self.loop.create_task(self._reserve_and_read(needed, expects))
+        else:
+            if expects and needed:
+                self._write_raw(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._message_timer()
+
+    async def _reserve_and_read(self, needed: int, expects: bool) -> None:
+        self.reserving = True
+        try:
+            self.reserved = await self.server.receiving.acquire(needed)
+        except QueueFull as exc:
+            self.reserving = False
+            self._refuse(503, "ServiceUnavailable", f"server busy: {exc}; retry", [("Retry-After", "1")])
+            return
+        self.reserving = False
+        if self.closed:
+            self._release_receiving()
+            return
+        if self.in_message:
+            if expects:
+                self._write_raw(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._message_timer()
+        if self.worker is None:
+            self._resume_reading()
+
+    def on_body(self, data: bytes) -> None:
+        self.body_bytes += len(data)
+        if self.body_bytes > self.limits.max_body_bytes:
+            self._refuse_too_large()
+            raise httptools.HttpParserError("body too large")  # stops this feed; the answer is sent
+        self.body.append(data)
+
+    def on_message_complete(self) -> None:
+        raw = self.url
+        path, _, query = raw.partition(b"?")
+        request = Request(
+            method=self.parser.get_method().decode("ascii"),
+            path=path.decode("latin-1"),
+            query=query.decode("latin-1"),
+            headers=self.headers,
+            body=self.body[0] if len(self.body) == 1 else b"".join(self.body),
+            keep_alive=self.parser.should_keep_alive(),
+            receiving=self.reserved,
+        )
+        self._reset_message()
+        self.pending.append(request)
+        self._cancel_timer()
+        self._pause_reading()  # one request at a time: a pipelined one waits in the socket
+        if self.worker is None:
+            self.worker = self.loop.create_task(self._answer_pending())
+
+    # --- answering -------------------------------------------------------------------------------
+    async def _answer_pending(self) -> None:
+        try:
+            while self.pending and not self.closed:
+                request = self.pending.popleft()
+                keep_alive = request.keep_alive
+                try:
+                    response = await self.server.handler(request)
+                except Exception:
+                    log.exception("%s %s failed", request.method, request.path)
+                    response = error_response(500, "InternalServerError", "the server failed to answer")
+                finally:
+                    if request.receiving:
+                        self.server.receiving.release(request.receiving)
+                if self.closed:
+                    return
+                self._write_response(response, keep_alive)
+                if not keep_alive:
+                    self.close()
+                    return
+                if not self._drained.is_set():
+                    await self._drained.wait()
+        finally:
+            self.worker = None
+        if not self.closed:
+            if self.in_message:
+                self._message_timer()
+            else:
+                self._set_timer(self.limits.idle_timeout_s, None)
+            if not self.in_message or not self.reserving:
+                self._resume_reading()
+
+    def _write_response(self, response: Response, keep_alive: bool) -> None:
+        reason = REASONS.get(response.status, "Unknown")
+        lines = [f"HTTP/1.1 {response.status} {reason}"]
+        lines += [f"{k}: {v}" for k, v in response.headers]
+        lines.append(f"Content-Length: {len(response.body)}")
+        if not keep_alive:
+            lines.append("Connection: close")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        if self.transport is not None and not self.transport.is_closing():
+            if len(response.body) < 16384:
+                self.transport.write(head + response.body)
+            else:
+                self.transport.writelines([head, response.body])
+
+    def _write_raw(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    # --- refusing --------------------------------------------------------------------------------
+    def _refuse_too_large(self) -> None:
+        megabytes = self.limits.max_body_bytes / 2**20
+        self._refuse(
+            413, "PayloadTooLarge", f"request body is larger than {megabytes:g} MiB (SAGEMAKER_MAX_PAYLOAD_IN_MB)"
+        )
+
+    def _refuse(self, status: int, kind: str, message: str, headers: list[tuple[str, str]] | None = None) -> None:
+        """Answer an error now and close; the rest of what the client sends is read and dropped a while,
+        so it sees this answer rather than a reset."""
+        if self.closed or self.discarding:
+            return
+        self.discarding = True
+        self._release_receiving()
+        if self.worker is None:  # otherwise an answer is being written; just close after it
+            self._write_response(error_response(status, kind, message, headers), keep_alive=False)
+        self._resume_reading()
+        if self.transport is not None:
+            with contextlib.suppress(Exception):
+                self.transport.write_eof() if self.transport.can_write_eof() else None
+        self._cancel_timer()
+        self.timer = self.loop.call_later(LINGER_S, self.close)
+
+    def _release_receiving(self) -> None:
+        if self.reserved:
+            reserved, self.reserved = self.reserved, 0
+            self.server.receiving.release(reserved)
+
+    def _pause_reading(self) -> None:
+        if self.reading and self.transport is not None and not self.closed:
+            self.reading = False
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if not self.reading and self.transport is not None and not self.closed:
+            self.reading = True
+            self.transport.resume_reading()
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
