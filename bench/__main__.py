@@ -1,6 +1,6 @@
 """``python -m bench [--quick] [--only NAME] [--out bench/results]``: run the benchmarks and write their results.
 
-Without ``--only`` every benchmark but the container one runs, and ``latest.json`` (every result of this
+Without ``--only`` every benchmark but the container and revisions ones runs, and ``latest.json`` (every result of this
 run) and ``latest.md`` (the peers comparison, then an index of the other results) are written too, next
 to the charts the peers benchmark draws.
 """
@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench import cold_start, container, endpoint, examples, memory, peers, serve_latency, soak
+from bench import cold_start, container, endpoint, examples, memory, peers, revisions, serve_latency, soak
 
 BENCHMARKS = {
     "serve_latency": serve_latency.run,
@@ -25,8 +25,10 @@ BENCHMARKS = {
     "examples": examples.run,
     "soak": soak.run,
     "container": container.run,
+    "revisions": revisions.run,
 }
-ON_REQUEST = {"container"}  # builds and runs the image (a container engine, ~2 minutes): only with --only
+ON_REQUEST = {"container", "revisions"}
+"""Only with --only: container builds and runs the image (~2 minutes); revisions compares with --against."""
 
 
 def write_latest(results: dict[str, dict[str, Any]], quick: bool, out_dir: Path) -> None:
@@ -49,12 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke size: under ~1 minute per benchmark")
     parser.add_argument("--only", choices=sorted(BENCHMARKS), help="run only this benchmark (default: all)")
     parser.add_argument("--out", default="bench/results", help="folder for <benchmark>.json/.md (bench/results)")
+    parser.add_argument("--against", default="HEAD", help="with --only revisions: the git revision to compare with")
     args = parser.parse_args(argv)
     results = {}
     for name, run in BENCHMARKS.items():
         if args.only == name or (args.only is None and name not in ON_REQUEST):
             print(f"== {name}{' (quick)' if args.quick else ''}", file=sys.stderr)
-            results[name] = run(quick=args.quick, out_dir=args.out)
+            extra = {"against": args.against} if name == "revisions" else {}
+            results[name] = run(quick=args.quick, out_dir=args.out, **extra)
     if args.only is None:
         write_latest(results, args.quick, Path(args.out))
     return 0

@@ -43,9 +43,16 @@ class _ChildServer:
     kind = "torch-mme"
 
     def __init__(
-        self, command: list[str], port: int, env: dict[str, str] | None, log: IO[Any] | None, start_timeout: float
+        self,
+        command: list[str],
+        port: int,
+        env: dict[str, str] | None,
+        log: IO[Any] | None,
+        start_timeout: float,
+        cwd: str | None = None,
     ) -> None:
         self.command = command
+        self.cwd = cwd
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.env = {**os.environ, **(env or {})}
@@ -55,7 +62,7 @@ class _ChildServer:
 
     def start(self) -> Self:
         self.process = subprocess.Popen(
-            self.command, env=self.env, stdout=self.log or subprocess.DEVNULL, stderr=subprocess.STDOUT
+            self.command, env=self.env, stdout=self.log or subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=self.cwd
         )
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
@@ -107,6 +114,7 @@ class LocalServer(_ChildServer):
         args: list[str] | None = None,
         log: IO[Any] | None = None,
         start_timeout: float = 120.0,
+        cwd: str | None = None,
     ) -> None:
         self.models_root = os.path.abspath(models_root)
         self.args = args or []
@@ -124,7 +132,7 @@ class LocalServer(_ChildServer):
             self.models_root,
             *self.args,
         ]
-        super().__init__(command, port, env, log, start_timeout)
+        super().__init__(command, port, env, log, start_timeout, cwd)
 
     def request(
         self,

@@ -1,0 +1,152 @@
+"""This tree against another git revision, side by side in one run: invoke p50 and LoadModel p50.
+
+``python -m bench --only revisions --against REV`` exports REV with ``git
+archive`` into a temporary folder and starts two ``torch-mme serve``: one from
+this tree, one with that folder first on PYTHONPATH (its ``torch_mme`` and
+``handler``, with this environment's packages). Both serve the same tiny
+TorchScript model. The two are measured in alternating chunks (this tree,
+REV, this tree, ...) so the machine's noise falls on both alike, and the
+ratio this tree / REV is the figure to read.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    JSON_TYPE,
+    REPO_ROOT,
+    finish,
+    header_lines,
+    new_result,
+    request_body,
+    summarize,
+    write_model,
+    write_results,
+)
+from torch_mme.local_server import LocalServer
+
+
+def export(revision: str, into: Path) -> str:
+    """REV's files in ``into``; returns its full commit id."""
+    commit = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "rev-parse", revision], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    archive = into / "rev.tar"
+    subprocess.run(["git", "-C", str(REPO_ROOT), "archive", "-o", str(archive), commit], check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(into / "src", filter="data")
+    return commit
+
+
+def _imported_from(src: Path) -> str:
+    """Where a Python with ``src`` first on PYTHONPATH finds ``torch_mme`` (so REV's server runs REV's code)."""
+    code = "import torch_mme, handler; print(torch_mme.__file__)"
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=src, capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+def time_invokes(port: int, name: str, body: bytes, calls: int) -> list[float]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    samples = []
+    try:
+        for _ in range(calls):
+            started = time.perf_counter()
+            conn.request("POST", f"/models/{name}/invoke", body=body, headers={"Content-Type": JSON_TYPE})
+            response = conn.getresponse()
+            response.read()
+            samples.append(time.perf_counter() - started)
+            assert response.status == 200
+    finally:
+        conn.close()
+    return samples
+
+
+def time_load(server: LocalServer, name: str, model_dir: Path) -> float:
+    started = time.perf_counter()
+    status, answer = server.load(name, str(model_dir))
+    took = time.perf_counter() - started
+    assert status == 200, answer
+    assert server.unload(name) == 200
+    return took
+
+
+def run(quick: bool = False, out_dir: str = "bench/results", against: str = "HEAD") -> dict[str, Any]:
+    began = time.monotonic()
+    result = new_result("revisions", quick)
+    chunks, calls, loads = (3, 100, 3) if quick else (12, 400, 12)
+    body = request_body()
+    with tempfile.TemporaryDirectory(prefix="bench-revisions-") as tmp:
+        tmp_path = Path(tmp)
+        commit = export(against, tmp_path)
+        src = tmp_path / "src"
+        imports_from = _imported_from(src)
+        assert imports_from.startswith(str(tmp_path)), f"the revision's server would import {imports_from}"
+        models = tmp_path / "models"
+        write_model(models / "tiny", seed=1)
+        logs = {side: open(tmp_path / f"{side}.log", "wb") for side in ("tree", "rev")}  # noqa: SIM115
+        servers = {
+            "tree": LocalServer(str(models), log=logs["tree"]),
+            "rev": LocalServer(str(models), env={"PYTHONPATH": str(src)}, log=logs["rev"], cwd=str(src)),
+        }
+        samples: dict[str, dict[str, list[float]]] = {side: {"invoke": [], "load": []} for side in servers}
+        try:
+            for server in servers.values():
+                server.start()
+                assert server.load("tiny", str(models / "tiny"))[0] == 200
+                time_invokes(server.port, "tiny", body, 50)  # warm-up
+            for chunk in range(chunks):
+                for side, server in servers.items():
+                    samples[side]["invoke"] += time_invokes(server.port, "tiny", body, calls)
+                    if chunk < loads:
+                        samples[side]["load"].append(time_load(server, f"load-{chunk}", models / "tiny"))
+        finally:
+            for server in servers.values():
+                server.stop()
+            for log in logs.values():
+                log.close()
+    result["against"] = {"revision": against, "commit": commit}
+    for side in servers:
+        result[side] = {
+            "invoke_ms": summarize(samples[side]["invoke"], 1e3, "ms"),
+            "load_s": summarize(samples[side]["load"], 1.0, "s"),
+        }
+    result["ratios"] = {
+        "invoke_p50": result["tree"]["invoke_ms"]["p50"] / result["rev"]["invoke_ms"]["p50"],
+        "load_p50": result["tree"]["load_s"]["p50"] / result["rev"]["load_s"]["p50"],
+    }
+    finish(result, began)
+    write_results(result, _markdown(result), Path(out_dir))
+    return result
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    tree, rev, ratios = result["tree"], result["rev"], result["ratios"]
+    lines = [
+        "# This tree against another revision",
+        "",
+        *header_lines(result),
+        f"Against: `{result['against']['revision']}` = {result['against']['commit'][:12]}, "
+        "measured side by side in alternating chunks (bench/revisions.py).",
+        "",
+        "| | this tree | revision | ratio |",
+        "|---|---|---|---|",
+        f"| invoke p50 (tiny model, keep-alive) | {tree['invoke_ms']['p50']:.3f} ms | "
+        f"{rev['invoke_ms']['p50']:.3f} ms | {ratios['invoke_p50']:.3f} |",
+        f"| invoke p99 | {tree['invoke_ms']['p99']:.3f} ms | {rev['invoke_ms']['p99']:.3f} ms | "
+        f"{tree['invoke_ms']['p99'] / rev['invoke_ms']['p99']:.3f} |",
+        f"| LoadModel p50 | {tree['load_s']['p50']:.3f} s | {rev['load_s']['p50']:.3f} s | {ratios['load_p50']:.3f} |",
+        f"| samples | {tree['invoke_ms']['n']} invokes, {tree['load_s']['n']} loads | "
+        f"{rev['invoke_ms']['n']} invokes, {rev['load_s']['n']} loads | |",
+        "",
+    ]
+    return "\n".join(lines)
