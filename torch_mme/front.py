@@ -424,6 +424,8 @@ class Front:
         """The absolute model directory for a LoadModel ``url`` (relative ones are under the models root)."""
         if url.startswith(("http://", "https://", "s3://", "file:")):
             return url, error(400, "BadRequest", f"url must be a directory under {self.settings.models_root}")
+        if not url.isprintable() or len(url) > 4096:
+            return url, error(400, "BadRequest", "url must be a printable path of at most 4096 characters")
         path = url if os.path.isabs(url) else os.path.join(self.settings.models_root, url)
         real = os.path.realpath(path)
         if os.path.commonpath([real, self.models_root]) != self.models_root:

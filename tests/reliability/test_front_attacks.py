@@ -189,12 +189,17 @@ def test_load_model_takes_only_a_name_and_a_url(attacked):
         assert status == 400, (extra, status, answer)
         assert next(iter(extra)) in assert_short_json_error(status, answer)["message"]
     assert mms_models(server) == ["sum"]
+    for url in (f"{root}/extra\x00", f"{root}/extra\n", "x" * 5000):
+        body = json.dumps({"model_name": "extra", "url": url}).encode()
+        status, _, answer = server.request("POST", "/models", body, {"Content-Type": "application/json"})
+        assert status == 400, (url[:50], status, answer)
+        assert_short_json_error(status, answer)
     for name in ("sum\n", "sum\r\nX: y", "../sum", "sum x", "é", ""):
         body = json.dumps({"model_name": name, "url": str(root / "extra")}).encode()
         status, _, answer = server.request("POST", "/models", body, {"Content-Type": "application/json"})
         assert status == 400, (name, status, answer)
     assert mms_models(server) == ["sum"]
-    record("front: LoadModel parameters", requests=10, answers_lost=0)
+    record("front: LoadModel parameters", requests=13, answers_lost=0)
 
 
 def test_malformed_http_is_a_json_400_and_never_reaches_mms(attacked):
