@@ -215,6 +215,8 @@ class _Connection(asyncio.Protocol):
         self.worker: asyncio.Task | None = None
         self.reading = True
         self.reserving = False
+        self.deferred: Response | None = None
+        """A refusal found while an answer was being prepared: sent after it, then the connection closes."""
         self._drained: asyncio.Event = asyncio.Event()
         self._drained.set()
         self._reset_message()
@@ -257,6 +259,16 @@ class _Connection(asyncio.Protocol):
             self._release_receiving()
             if self.transport is not None:
                 self.transport.close()
+
+    def _release_receiving(self) -> None:
+        """Give back the receiving budget this connection holds: the body being read and any request not answered."""
+        if self.reserved:
+            reserved, self.reserved = self.reserved, 0
+            self.server.receiving.release(reserved)
+        while self.pending:
+            request = self.pending.popleft()
+            if request.receiving:
+                self.server.receiving.release(request.receiving)
 
     def pause_writing(self) -> None:
         self._drained.clear()
@@ -406,7 +418,7 @@ class _Connection(asyncio.Protocol):
                         self.server.receiving.release(request.receiving)
                 if self.closed:
                     return
-                self._write_response(response, keep_alive)
+                self._write_response(response, keep_alive, head_only=request.method == "HEAD")
                 if not keep_alive:
                     self.close()
                     return
@@ -414,6 +426,9 @@ class _Connection(asyncio.Protocol):
                     await self._drained.wait()
         finally:
             self.worker = None
+        if self.deferred is not None and not self.closed:
+            self._send_and_linger(self.deferred)
+            return
         if not self.closed:
             if self.in_message:
                 self._message_timer()
@@ -422,7 +437,7 @@ class _Connection(asyncio.Protocol):
             if not self.in_message or not self.reserving:
                 self._resume_reading()
 
-    def _write_response(self, response: Response, keep_alive: bool) -> None:
+    def _write_response(self, response: Response, keep_alive: bool, head_only: bool = False) -> None:
         reason = REASONS.get(response.status, "Unknown")
         lines = [f"HTTP/1.1 {response.status} {reason}"]
         lines += [f"{k}: {v}" for k, v in response.headers]
@@ -431,7 +446,9 @@ class _Connection(asyncio.Protocol):
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         if self.transport is not None and not self.transport.is_closing():
-            if len(response.body) < 16384:
+            if head_only:  # HEAD: the length of the body, not the body
+                self.transport.write(head)
+            elif len(response.body) < 16384:
                 self.transport.write(head + response.body)
             else:
                 self.transport.writelines([head, response.body])
@@ -453,20 +470,22 @@ class _Connection(asyncio.Protocol):
         if self.closed or self.discarding:
             return
         self.discarding = True
+        response = error_response(status, kind, message, headers)
+        if self.worker is not None:  # answers of complete requests go first; this one after them
+            self.deferred = response
+            self._cancel_timer()
+            return
+        self._send_and_linger(response)
+
+    def _send_and_linger(self, response: Response) -> None:
         self._release_receiving()
-        if self.worker is None:  # otherwise an answer is being written; just close after it
-            self._write_response(error_response(status, kind, message, headers), keep_alive=False)
+        self._write_response(response, keep_alive=False)
         self._resume_reading()
-        if self.transport is not None:
-            with contextlib.suppress(Exception):
-                self.transport.write_eof() if self.transport.can_write_eof() else None
+        if self.transport is not None and self.transport.can_write_eof():
+            with contextlib.suppress(OSError, RuntimeError):
+                self.transport.write_eof()
         self._cancel_timer()
         self.timer = self.loop.call_later(LINGER_S, self.close)
-
-    def _release_receiving(self) -> None:
-        if self.reserved:
-            reserved, self.reserved = self.reserved, 0
-            self.server.receiving.release(reserved)
 
     def _pause_reading(self) -> None:
         if self.reading and self.transport is not None and not self.closed:

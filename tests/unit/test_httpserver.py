@@ -131,6 +131,29 @@ def test_malformed_requests_and_non_ascii_headers_are_400():
         assert running.seen == []
 
 
+def test_head_gets_a_length_and_no_body_and_junk_after_a_request_waits_for_its_answer():
+    with Running(LIMITS, delay_s=0.3) as running:
+        answer = exchange(running.port, b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\nGET /next HTTP/1.1\r\n\r\n")
+        first, _, second = answer.partition(b"HTTP/1.1 200 OK\r\n")[2].partition(b"\r\n\r\n")
+        assert b"Content-Length: 8" in first  # len(b"HEAD /h ")
+        assert second.startswith(b"HTTP/1.1 200 OK")  # the next answer starts right after the head
+        answer = exchange(running.port, b"POST /ok HTTP/1.1\r\nContent-Length: 2\r\n\r\nokNOT HTTP AT ALL\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 OK") and b"POST /ok ok" in answer
+        assert b"HTTP/1.1 400 " in answer  # the refusal comes after the answer it followed
+
+
+def test_the_receiving_budget_is_given_back_when_a_client_goes_away():
+    with Running(LIMITS) as running:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", running.port)) as sock:
+                sock.sendall(b"POST /b HTTP/1.1\r\nContent-Length: 500000\r\n\r\n" + b"x" * 100000)
+                time.sleep(0.1)
+                assert running.server.receiving.used == 500000
+        time.sleep(0.2)
+        assert running.server.receiving.used == 0
+        assert running.server.connections == set()
+
+
 def test_the_connection_cap_answers_503():
     with Running(Limits(max_body_bytes=100, max_connections=2)) as running:
         held = [socket.create_connection(("127.0.0.1", running.port)) for _ in range(2)]
