@@ -369,6 +369,8 @@ def _read_declaration(path: str, root: str) -> tuple[int | None, str]:
             data = json.loads(f.read(MAX_DECLARATION + 1)[:MAX_DECLARATION].decode("utf-8"))
     except _UNREADABLE:
         return None, f"{DECLARATION} ignored: not JSON"
+    if isinstance(data, dict) and "memory_mb" not in data:
+        return None, ""  # the file holds other serving settings (handler.model_config), no size
     mb = data.get("memory_mb") if isinstance(data, dict) else None
     if isinstance(mb, bool) or not isinstance(mb, (int, float)) or not math.isfinite(mb) or mb <= 0:
         return None, f"{DECLARATION} ignored: memory_mb must be a number > 0"

@@ -2,7 +2,7 @@
 
 The estimate comes from the artifact, read without loading it (tensor bytes in
 the zip directory or safetensors header, or a size ``torch-mme.json``
-declares), plus one worker's own cost per worker. Free memory is what the
+declares), plus one worker's own cost, times the workers (each loads its own copy). Free memory is what the
 container really has (cgroup limit minus usage, else the host's available
 memory), capped by ``TORCH_MME_MEMORY_BUDGET_MB`` when set, less the headroom.
 Under a budget, each loaded model is accounted at the larger of its estimate
@@ -58,12 +58,15 @@ class Admission:
         self.root_pid = root_pid or os.getpid()
         self.read = read
 
-    def estimate(self, model_dir: str) -> Estimate:
+    def estimate(self, model_dir: str, workers: int | None = None) -> Estimate:
+        """What the model will hold: every worker loads its own copy of the weights, so each is counted."""
+        workers = workers or self.settings.workers_per_model
         footprint = estimate_weights(model_dir)
-        if footprint.declared_bytes:
-            return Estimate(footprint.declared_bytes, footprint.detail)
-        workers = self.settings.workers_per_model * self.settings.model_overhead_mb * MB
-        return Estimate(workers + int(footprint.weights_bytes * LOAD_FACTOR), footprint.detail)
+        per_worker = footprint.declared_bytes or (
+            self.settings.model_overhead_mb * MB + int(footprint.weights_bytes * LOAD_FACTOR)
+        )
+        detail = footprint.detail if workers == 1 else f"{footprint.detail}; {workers} workers"
+        return Estimate(workers * per_worker, detail)
 
     def check(self, needed_bytes: int) -> Verdict:
         """Whether ``needed_bytes`` more fit now, keeping the headroom."""

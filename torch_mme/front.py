@@ -36,7 +36,7 @@ import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl, quote, unquote
 
-from handler import load_report
+from handler import load_report, model_config
 from handler.settings import Settings
 from torch_mme import processes
 from torch_mme.admission import MB, Admission
@@ -229,7 +229,7 @@ class Front:
         try:
             await self._unload_now(name, reason="its processes died")  # MMS stops retrying the dead worker
             self.registry.restarting.discard(name)  # MMS answers for it from here (503 while it loads)
-            response = await self._load_in_mms(name, record.url)
+            response = await self._load_in_mms(name, record.url, record.config)
             if response.status == 200:
                 self.registry.add(record)
             else:
@@ -346,21 +346,25 @@ class Front:
         url, problem = self._resolve_url(url)
         if problem is not None:
             return problem
+        try:
+            config = await asyncio.to_thread(model_config.read, url)
+        except model_config.InvalidModelConfig as exc:
+            return error(400, "InvalidModelConfig", str(exc))
         if name in self.registry or name in self.registry.loading:
             return _conflict(name)
 
-        estimate = await asyncio.to_thread(self.admission.estimate, url)
+        estimate = await asyncio.to_thread(self.admission.estimate, url, config.workers)
         refusal = await self._admit(name, estimate.bytes)
         if refusal is not None:
             return refusal
-        record = ModelRecord(name, url, estimate.bytes, estimate.detail)
+        record = ModelRecord(name, url, estimate.bytes, estimate.detail, config=config)
         try:
-            response = await self._load_in_mms(name, url)
+            response = await self._load_in_mms(name, url, config)
             if response.status == 507 and self.settings.eviction == "lru" and self.registry.eviction_order():
                 # the estimate was low: clear MMS's half-registered model, make room, try once more
                 await self._unload_now(name, reason="failed load")
                 if await self._evict_one(name):
-                    response = await self._load_in_mms(name, url)
+                    response = await self._load_in_mms(name, url, config)
             if response.status == 200:
                 self.registry.add(record)  # before it leaves `loading`: an unload never finds it in neither
             else:
@@ -412,10 +416,11 @@ class Front:
             self.registry.remove(victim.name)
         return response.status in (200, 404)
 
-    async def _load_in_mms(self, name: str, url: str) -> Response:
-        """MMS's register call with exactly a validated name and url: workers, batching, handler are serve's."""
+    async def _load_in_mms(self, name: str, url: str, config: model_config.ModelConfig) -> Response:
+        """MMS's register call: a validated name and url, and what the model's own config says MMS runs
+        (workers, batching, timeout); the handler and everything else are serve's."""
         load_report.discard(self.settings.run_dir, name)
-        payload = json.dumps({"model_name": name, "url": url}).encode()
+        payload = json.dumps({"model_name": name, "url": url, **config.register_parameters()}).encode()
         return await self.upstream.request(
             "POST", "/models", [("Content-Type", "application/json")], payload, timeout=LOAD_TIMEOUT_S
         )

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from handler.model_config import ModelConfig
+
 
 @dataclass
 class ModelRecord:
@@ -25,6 +27,8 @@ class ModelRecord:
     url: str
     estimated_bytes: int
     estimate_detail: str = ""
+    config: ModelConfig = field(default_factory=ModelConfig)
+    """The model's ``torch-mme.json``, as read at its LoadModel: a restart loads it the same way."""
     measured_bytes: int = 0
     processes: list = field(default_factory=list)
     """``processes.started_for`` the model, found after its load: the watchdog checks they still run."""

@@ -48,12 +48,15 @@ def test_under_a_budget_loaded_models_count_at_the_larger_of_estimate_and_measur
     assert "budget 2000 MB" in verdict.basis
 
 
-def test_the_estimate_adds_one_worker_overhead_per_worker_to_the_weights(tmp_path):
+def test_the_estimate_counts_the_overhead_and_the_weights_once_per_worker(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"\0" * (10 * MB))
     estimate = admission(workers_per_model=2, worker_overhead_mb=100).estimate(str(tmp_path))
-    assert estimate.bytes == 200 * MB + int(10 * MB * 1.2)
+    assert estimate.bytes == 2 * (100 * MB + int(10 * MB * 1.2))  # each MMS worker loads its own copy
+    assert "2 workers" in estimate.detail
+    assert admission(worker_overhead_mb=100).estimate(str(tmp_path), workers=3).bytes == 3 * 112 * MB
     (tmp_path / "torch-mme.json").write_text(json.dumps({"memory_mb": 900}))
     assert admission().estimate(str(tmp_path)).bytes == 900 * MB
+    assert admission().estimate(str(tmp_path), workers=2).bytes == 1800 * MB  # memory_mb is per worker
 
 
 def test_eviction_order_is_least_recently_used_first_and_skips_busy_models():

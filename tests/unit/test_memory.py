@@ -317,7 +317,7 @@ def test_a_fractional_declaration_rounds_up(tmp_path):
 
 @pytest.mark.parametrize(
     "content",
-    ["not json", "[512]", "{}", '{"memory_mb": "512"}', '{"memory_mb": 0}', '{"memory_mb": -5}', '{"memory_mb": true}'],
+    ["not json", "[512]", '{"memory_mb": "512"}', '{"memory_mb": 0}', '{"memory_mb": -5}', '{"memory_mb": true}'],
 )
 def test_a_malformed_declaration_is_ignored(tmp_path, content):
     folder = model_dir(tmp_path)
@@ -327,6 +327,14 @@ def test_a_malformed_declaration_is_ignored(tmp_path, content):
     assert footprint.declared_bytes is None
     assert footprint.weights_bytes == 1000
     assert "torch-mme.json ignored" in footprint.detail
+
+
+def test_a_config_without_memory_mb_declares_nothing_and_says_nothing(tmp_path):
+    folder = model_dir(tmp_path)
+    (folder / "torch-mme.json").write_text('{"batch_size": 4}')
+    footprint = estimate_weights(str(folder))
+    assert footprint.declared_bytes is None
+    assert "torch-mme.json" not in footprint.detail
 
 
 def test_other_files_count_their_size_and_the_code_folder_is_skipped(tmp_path):
