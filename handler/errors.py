@@ -34,8 +34,16 @@ class UnsupportedContentType(HandlerError):
     status = 415
 
 
+class UnsupportedAccept(HandlerError):
+    """Accept names no type this model can answer in (415, as the toolkit's ``UnsupportedFormatError``:
+    it uses one error for an unknown Content-Type and an unknown Accept)."""
+
+    status = 415
+
+
 class NotAcceptable(HandlerError):
-    """No encoding in the Accept header can represent the result (406)."""
+    """The type negotiated from Accept cannot represent this result (406): a dict as CSV, a 3-D CSV,
+    an object array as ``.npy`` (that would need a pickle)."""
 
     status = 406
 

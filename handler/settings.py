@@ -106,6 +106,9 @@ class Settings:
     """'': pip's own configuration; ``off``: never use an index; else the index URL to use."""
     pip_timeout_s: int = 600
     """Longest a model's pip install may take (also bounded by the load's own timeout, ``timeout_s``)."""
+    program: str = "inference.py"
+    """The user script in each model's ``code/`` (``SAGEMAKER_PROGRAM``, what the SDK's ``entry_point=`` sets):
+    ``mnist_1d.py`` or a module name ``mnist_1d``; a model without that file falls back to ``inference.py``."""
 
     @property
     def model_overhead_mb(self) -> int:
@@ -139,6 +142,7 @@ class Settings:
             wheelhouse=env.get("TORCH_MME_WHEELHOUSE", cls.wheelhouse),
             pip_index=env.get("TORCH_MME_PIP_INDEX", cls.pip_index).strip(),
             pip_timeout_s=int(env.get("TORCH_MME_PIP_TIMEOUT_S") or cls.pip_timeout_s),
+            program=(env.get("SAGEMAKER_PROGRAM") or cls.program).strip(),
         )
 
     def with_overrides(self, **overrides: object) -> "Settings":
@@ -171,4 +175,5 @@ class Settings:
             "TORCH_MME_WHEELHOUSE": self.wheelhouse,
             "TORCH_MME_PIP_INDEX": self.pip_index,
             "TORCH_MME_PIP_TIMEOUT_S": str(self.pip_timeout_s),
+            "SAGEMAKER_PROGRAM": self.program,
         }

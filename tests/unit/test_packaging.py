@@ -211,7 +211,8 @@ def test_a_script_without_hooks_is_a_problem(tmp_path: Path):
     src = model_dir(tmp_path, "m", {"model.pt": b"x", "code/inference.py": "def helper():\n    pass\nmodel_fn = 3\n"})
 
     assert validate(str(src)) == [
-        "code/inference.py defines none of the hooks model_fn, input_fn, predict_fn, output_fn, transform_fn"
+        "code/inference.py defines none of the hooks "
+        "pre_model_fn, model_fn, model_warmup_fn, input_fn, predict_fn, output_fn, transform_fn"
     ]
 
 

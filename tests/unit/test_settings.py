@@ -107,6 +107,7 @@ def test_to_env_round_trip_of_every_field_changed():
         wheelhouse="/srv/wheels",
         pip_index="off",
         pip_timeout_s=30,
+        program="mnist_1d.py",
     )
     # every field differs from its default, so the round trip covers them all
     assert all(getattr(settings, f.name) != f.default for f in dataclasses.fields(Settings))
