@@ -74,6 +74,24 @@ class OutOfMemory(HandlerError):
     status = 507
 
 
+class ToolkitStatusError(HandlerError):
+    """A hook raised the toolkit's ``BaseInferenceToolkitError`` (``GenericInferenceToolkitError(400, "...")``):
+    answered with the status the user chose, as the toolkit's ``Transformer.handle_error`` does. The one error
+    whose status is the instance's, not the class's."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def toolkit_status_error(exc: BaseException) -> ToolkitStatusError | None:
+    """The user's status for an exception shaped like the toolkit's (an int ``status_code`` and a ``message``)."""
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int) and not isinstance(status, bool) and 400 <= status <= 599 and hasattr(exc, "message"):
+        return ToolkitStatusError(status, str(exc.message).replace("\n", " ")[:MAX_MESSAGE])
+    return None
+
+
 class PredictionError(HandlerError):
     """The model or the user's predict/output code failed (500)."""
 

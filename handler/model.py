@@ -25,6 +25,7 @@ from handler.errors import (
     PredictionError,
     brief,
     is_out_of_memory,
+    toolkit_status_error,
 )
 from handler.user_code import SCRIPT, Hook, find_hooks, import_script
 
@@ -76,7 +77,7 @@ class Model:
         except Exception as exc:
             if is_out_of_memory(exc):
                 raise OutOfMemory(f"out of memory in input_fn: {brief(exc)}") from exc
-            raise BadRequest(f"input_fn rejected the body: {brief(exc)}") from exc
+            raise toolkit_status_error(exc) or BadRequest(f"input_fn rejected the body: {brief(exc)}") from exc
 
     def predict(self, data: Any, context: Any = None) -> Any:
         """Model input -> prediction: the user's ``predict_fn`` as it is (it may use autograd), or the
@@ -278,6 +279,9 @@ def _call(module: Any, data: Any) -> Any:
 
 
 def _prediction_error(exc: Exception, where: str = "the model") -> HandlerError:
+    user_status = toolkit_status_error(exc)
+    if user_status is not None:
+        return user_status
     if is_out_of_memory(exc):
         return OutOfMemory(f"out of memory in {where}: {brief(exc)}")
     if isinstance(exc, (RuntimeError, ValueError, IndexError, TypeError)) and any(

@@ -56,7 +56,8 @@ class RequestContext:
     - ``custom_attributes``: the request's ``X-Amzn-SageMaker-Custom-Attributes`` ('' when absent);
     - ``set_custom_attributes(value)``: the response's, what boto3 returns as ``CustomAttributes``;
     - ``target_model``: the request's ``X-Amzn-SageMaker-Target-Model`` ('' outside SageMaker);
-    - ``request_header(name)``, ``request_id`` (the index in MMS's batch).
+    - ``request_header(name)``, ``request_id`` (the index in MMS's batch);
+    - ``get_request_header(idx, name)`` finds a header whatever the case of its name.
     """
 
     def __init__(self, context: Any, idx: int) -> None:
@@ -68,6 +69,12 @@ class RequestContext:
 
     def request_header(self, name: str) -> str:
         return header(self._context, self.request_id, name)
+
+    def get_request_header(self, idx: int, key: str) -> str | None:
+        """MMS's lookup, but case-insensitive: MMS hands the worker the header names as they came on the wire,
+        so ``get_request_header(0, "X-Amzn-SageMaker-Custom-Attributes")`` would miss a lowercase one."""
+        exact = self._context.get_request_header(idx, key)
+        return exact if exact is not None else (header(self._context, idx, key) or None)
 
     @property
     def custom_attributes(self) -> str:
