@@ -209,16 +209,19 @@ def _load_artifact(model_dir: str, device: torch.device, allow_unsafe_pickle: bo
     path = find_artifact(model_dir)
     if path is None:
         raise ModelLoadError(
-            f"no {TORCHSCRIPT}, model.pth or other .pt/.pth file in {model_dir}, and no model_fn in code/{SCRIPT}"
+            f"no {TORCHSCRIPT} or model.pth (or another single .pt/.pth file) in {model_dir}, "
+            f"and no model_fn in code/{SCRIPT}"
         )
     name = os.path.basename(path)
-    if not _is_zip(path):  # the legacy (pre-1.6) torch.save format: never TorchScript
+    if name.endswith(".pth") and not _is_zip(path):  # the legacy (pre-1.6) torch.save format: never TorchScript
         return _load_pickled(path, device, allow_unsafe_pickle)
     try:
         return torch.jit.load(path, map_location=device)
     except Exception as exc:
         if is_out_of_memory(exc):
             raise OutOfMemory(f"out of memory loading {name}: {brief(exc)}") from exc
+        if not _is_zip(path):
+            raise ModelLoadError(f"{name} is not a TorchScript archive ({brief(exc)})") from exc
         log.info("%s is not TorchScript; reading it as torch.save weights", name)
         return _load_pickled(path, device, allow_unsafe_pickle)
 

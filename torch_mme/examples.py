@@ -370,11 +370,12 @@ def input_fn(request_body: bytes, content_type: str) -> torch.Tensor:
 
 def predict_fn(data: torch.Tensor, model) -> torch.Tensor:
     device = next(model.parameters()).device
-    return model(data.to(device)).squeeze(1)
+    with torch.no_grad():  # a user's predict_fn runs as it is, as in SageMaker: no gradients needed here
+        return model(data.to(device)).squeeze(1)
 
 
 def output_fn(prediction: torch.Tensor, accept: str) -> torch.Tensor:
-    """The server encodes what this returns as Accept asks (and answers 406 for a type it cannot write)."""
+    """The server encodes what this returns as Accept asks (and answers 415 for a type it does not know)."""
     values = prediction.detach().float().cpu()
     if preferred(accept, ("application/json", CSV, "application/x-npy")) == CSV:
         return values.unsqueeze(1)  # one row per line
@@ -614,7 +615,8 @@ def _images(array: np.ndarray) -> torch.Tensor:
 
 def predict_fn(data: torch.Tensor, model: nn.Module) -> torch.Tensor:
     device = next(model.parameters()).device
-    return torch.softmax(model(data.to(device)), dim=1)
+    with torch.no_grad():  # a user's predict_fn runs as it is, as in SageMaker: no gradients needed here
+        return torch.softmax(model(data.to(device)), dim=1)
 
 
 def output_fn(prediction: torch.Tensor, accept: str) -> dict:
@@ -760,7 +762,8 @@ def input_fn(request_body: bytes, content_type: str) -> torch.Tensor:
 
 def predict_fn(data: torch.Tensor, model: nn.Module) -> torch.Tensor:
     device = next(model.parameters()).device
-    return torch.softmax(model(data.to(device)), dim=1)
+    with torch.no_grad():  # a user's predict_fn runs as it is, as in SageMaker: no gradients needed here
+        return torch.softmax(model(data.to(device)), dim=1)
 
 
 def output_fn(prediction: torch.Tensor, accept: str) -> dict:
@@ -944,7 +947,8 @@ def input_fn(request_body: bytes, content_type: str) -> list[str]:
 
 
 def predict_fn(sentences: list[str], model: nn.Module) -> torch.Tensor:
-    return model(sentences)
+    with torch.no_grad():  # a user's predict_fn runs as it is, as in SageMaker: no gradients needed here
+        return model(sentences)
 '''
 
 MINILM_SENTENCES = (*MINILM_PAIR, "The new movie is awesome.")
