@@ -232,3 +232,40 @@ def test_log_lines_carry_the_target_model(via, caplog, request):
             break
         time.sleep(0.2)
     assert any(wanted.search(line) for line in lines)
+
+
+# --- deliberate differences (README: "Differences from the toolkit"), stated against the toolkit itself ------
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "accept", "status"),
+    [
+        (b"[[1, 2, 3]]", JSON, "image/png", 415),  # UnsupportedFormatError: the toolkit's 500
+        (b"<x/>", "application/xml", JSON, 415),  # the same error for an unknown Content-Type
+        (b"[[1, 2", JSON, JSON, 400),  # json.loads raised: 500 with a traceback there
+        (b"1,x,3", CSV, JSON, 400),  # genfromtxt's NaN-filled void array fails in FloatTensor: 500
+    ],
+)
+def test_client_errors_are_4xx_where_the_toolkit_answers_500(
+    via, toolkit, error_of, body, content_type, accept, status
+):
+    theirs = toolkit.invoke("default_linear", body, content_type, accept)
+    assert theirs.status == 500
+    ours = via.invoke("default_linear", body, content_type, accept)
+    assert ours.status == status and "Traceback" not in ours.body.decode()
+    error_of(ours)
+
+
+def test_a_content_type_with_parameters_is_decoded(via, toolkit):
+    ours = via.invoke("default_linear", json.dumps(X).encode(), "application/json; charset=utf-8", JSON)
+    assert ours.status == 200  # the toolkit matches the whole header: 500 "not supported"
+    assert (
+        toolkit.invoke("default_linear", json.dumps(X).encode(), "application/json; charset=utf-8", JSON).status == 500
+    )
+
+
+def test_a_one_line_csv_keeps_its_batch_dimension(via, toolkit):
+    ours = json.loads(via.invoke("default_linear", b"1,2,3", CSV, JSON).body)
+    theirs = json.loads(toolkit.invoke("default_linear", b"1,2,3", CSV, JSON).body)
+    assert np.asarray(ours).shape == (1, 2) and np.asarray(theirs).shape == (2,)  # genfromtxt: a 1-D row
+    np.testing.assert_allclose(ours[0], theirs, atol=1e-6)
