@@ -127,13 +127,16 @@ def media_type(header: str | None) -> str:
     return (header or "").split(";", 1)[0].strip().lower()
 
 
-def parse_rows(body: bytes, content_type: str, features: list[str]) -> np.ndarray:
-    """A float32 array shaped (rows, len(features)), columns in ``features`` order."""
+def parse_rows(body: bytes | str, content_type: str, features: list[str]) -> np.ndarray:
+    """A float32 array shaped (rows, len(features)), columns in ``features`` order.
+
+    ``body`` is ``str`` for CSV and JSON (SageMaker's toolkit decodes those before ``input_fn``), bytes otherwise.
+    """
     kind = media_type(content_type)
     if kind not in (CSV, JSON):
         raise ValueError(f"unsupported content type {content_type!r}; send {CSV} or {JSON}")
     try:
-        text = body.decode("utf-8-sig")
+        text = body.lstrip("\ufeff") if isinstance(body, str) else body.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ValueError("the body is not UTF-8 text") from None
     rows = _csv_rows(text, features) if kind == CSV else _json_rows(text, features)
@@ -921,10 +924,11 @@ def _max_length(path: str) -> int:
         return DEFAULT_MAX_LENGTH
 
 
-def input_fn(request_body: bytes, content_type: str) -> list[str]:
+def input_fn(request_body: bytes | str, content_type: str) -> list[str]:
+    """``str`` for JSON (decoded before input_fn, as SageMaker's toolkit does), bytes for text/plain."""
     kind = (content_type or "").split(";", 1)[0].strip().lower()
     try:
-        text = request_body.decode("utf-8-sig")
+        text = request_body.lstrip("\ufeff") if isinstance(request_body, str) else request_body.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ValueError("the body is not UTF-8 text") from None
     if kind == "text/plain":
