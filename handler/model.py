@@ -25,13 +25,14 @@ from handler.errors import (
     PredictionError,
     brief,
     is_out_of_memory,
+    toolkit_status_error,
 )
 from handler.user_code import SCRIPT, Hook, find_hooks, import_script
 
 log = logging.getLogger(__name__)
 
 TORCHSCRIPT = "model.pt"
-WEIGHTS = "model.pth"
+ARTIFACT_SUFFIXES = (".pt", ".pth")
 UNSAFE_PICKLE_HINT = (
     "set TORCH_MME_ALLOW_UNSAFE_PICKLE=true (or `torch-mme serve --allow-unsafe-pickle`) if you trust this file, "
     "or save a TorchScript model.pt, or a state_dict plus a model_fn that builds the module"
@@ -70,21 +71,22 @@ class Model:
         if hook is None:
             return _to_tensors(codecs.decode(body, content_type), self.device, self.input_dtype)
         try:
-            return hook(body, content_type, context=context)
+            return hook(user_body(body, content_type), content_type, context=context)
         except HandlerError:
             raise
         except Exception as exc:
             if is_out_of_memory(exc):
                 raise OutOfMemory(f"out of memory in input_fn: {brief(exc)}") from exc
-            raise BadRequest(f"input_fn rejected the body: {brief(exc)}") from exc
+            raise toolkit_status_error(exc) or BadRequest(f"input_fn rejected the body: {brief(exc)}") from exc
 
     def predict(self, data: Any, context: Any = None) -> Any:
-        """Model input -> prediction (``predict_fn``), under ``torch.inference_mode``."""
+        """Model input -> prediction: the user's ``predict_fn`` as it is (it may use autograd), or the
+        default, the module called under ``torch.no_grad()`` (the toolkit's ``default_predict_fn``)."""
         hook = self.hooks.get("predict_fn")
         try:
-            with torch.inference_mode():
-                if hook is not None:
-                    return hook(data, self.module, context=context)
+            if hook is not None:
+                return hook(data, self.module, context=context)
+            with torch.no_grad():
                 return _call(self.module, data)
         except HandlerError:
             raise
@@ -104,11 +106,12 @@ class Model:
             raise _prediction_error(exc, "output_fn") from exc
 
     def transform(self, body: bytes, content_type: str, accept: str, context: Any = None) -> tuple[bytes, str]:
-        """The whole request through the user's ``transform_fn``."""
+        """The whole request through the user's ``transform_fn``, called as it is (no grad mode set)."""
         hook = self.hooks["transform_fn"]
         try:
-            with torch.inference_mode():
-                result = hook(self.module, body, content_type, self.user_accept(accept), context=context)
+            result = hook(
+                self.module, user_body(body, content_type), content_type, self.user_accept(accept), context=context
+            )
         except HandlerError:
             raise
         except Exception as exc:
@@ -120,24 +123,46 @@ class Model:
         return self.default_accept if not accept or accept.strip() == codecs.ANY else accept
 
 
+def user_body(body: bytes, content_type: str | None) -> bytes | str:
+    """What ``input_fn``/``transform_fn`` receive: ``str`` for JSON and CSV (the toolkit's ``UTF8_TYPES``,
+    decoded as UTF-8 before the hook), the body's bytes for every other type."""
+    if codecs.media_type(content_type) not in codecs.UTF8_TYPES:
+        return body
+    try:
+        return bytes(body).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"a {codecs.media_type(content_type)} body must be UTF-8 text: {exc}") from None
+
+
 def load(
     model_dir: str,
     device: torch.device,
     allow_unsafe_pickle: bool = False,
     context: Any = None,
     default_accept: str = codecs.JSON,
+    program: str = SCRIPT,
 ) -> Model:
-    """Load a SageMaker PyTorch model directory (see the README for the layouts)."""
+    """Load a SageMaker PyTorch model directory (see the README for the layouts).
+
+    The order is the toolkit's ``Transformer.validate_and_initialize``: ``pre_model_fn(model_dir)``, then
+    ``model_fn(model_dir)`` (or the default loader), then ``model_warmup_fn(model_dir, model)``; each once.
+    """
     if not os.path.isdir(model_dir):
         raise ModelLoadError(f"model directory {model_dir} does not exist")
-    hooks = find_hooks(import_script(model_dir))
+    hooks = find_hooks(import_script(model_dir, program))
+    pre_model_fn = hooks.pop("pre_model_fn", None)
     model_fn = hooks.pop("model_fn", None)
+    warmup_fn = hooks.pop("model_warmup_fn", None)
+    if pre_model_fn is not None:
+        _run_load_hook("pre_model_fn", pre_model_fn, (model_dir,), context)
     if model_fn is not None:
-        module = _run_model_fn(model_fn, model_dir, context)
+        module = _run_load_hook("model_fn", model_fn, (model_dir,), context)
     else:
         module = _load_artifact(model_dir, device, allow_unsafe_pickle)
     if isinstance(module, torch.nn.Module) or hasattr(module, "eval"):
         module.eval()
+    if warmup_fn is not None:
+        _run_load_hook("model_warmup_fn", warmup_fn, (model_dir, module), context)
     return Model(
         module=module, device=device, hooks=hooks, default_accept=default_accept, input_dtype=_float_dtype(module)
     )
@@ -151,33 +176,54 @@ def _float_dtype(module: Any) -> torch.dtype | None:
         return None
 
 
-def _run_model_fn(model_fn: Hook, model_dir: str, context: Any) -> Any:
+def _run_load_hook(name: str, hook: Hook, args: tuple[Any, ...], context: Any) -> Any:
     try:
-        return model_fn(model_dir, context=context)
+        return hook(*args, context=context)
     except HandlerError:
         raise
     except Exception as exc:
         if is_out_of_memory(exc):
-            raise OutOfMemory(f"out of memory in model_fn: {brief(exc)}") from exc
-        raise ModelLoadError(f"model_fn failed: {brief(exc)}") from exc
+            raise OutOfMemory(f"out of memory in {name}: {brief(exc)}") from exc
+        raise ModelLoadError(f"{name} failed: {brief(exc)}") from exc
+
+
+def find_artifact(model_dir: str) -> str | None:
+    """The file the default ``model_fn`` loads, as the PyTorch toolkit's ``default_model_fn`` finds it:
+    ``model.pt``, else the one ``*.pt``/``*.pth`` file of any name (``traced_resnet18.pt``); None for none.
+    Several candidates and no ``model.pt`` fail, as there."""
+    if os.path.isfile(os.path.join(model_dir, TORCHSCRIPT)):
+        return os.path.join(model_dir, TORCHSCRIPT)
+    candidates = sorted(
+        name
+        for name in os.listdir(model_dir)
+        if os.path.splitext(name)[1] in ARTIFACT_SUFFIXES and os.path.isfile(os.path.join(model_dir, name))
+    )
+    if len(candidates) > 1:
+        raise ModelLoadError(
+            f"exactly one .pt or .pth file is required without model_fn (or a {TORCHSCRIPT}); found {candidates}"
+        )
+    return os.path.join(model_dir, candidates[0]) if candidates else None
 
 
 def _load_artifact(model_dir: str, device: torch.device, allow_unsafe_pickle: bool) -> Any:
-    script = os.path.join(model_dir, TORCHSCRIPT)
-    weights = os.path.join(model_dir, WEIGHTS)
-    if os.path.isfile(script):
-        try:
-            return torch.jit.load(script, map_location=device)
-        except Exception as exc:
-            if is_out_of_memory(exc):
-                raise OutOfMemory(f"out of memory loading {TORCHSCRIPT}: {brief(exc)}") from exc
-            if not _is_zip(script):
-                raise ModelLoadError(f"{TORCHSCRIPT} is not a TorchScript archive ({brief(exc)})") from exc
-            log.info("%s is not TorchScript; reading it as torch.save weights", TORCHSCRIPT)
-            return _load_pickled(script, device, allow_unsafe_pickle)
-    if os.path.isfile(weights):
-        return _load_pickled(weights, device, allow_unsafe_pickle)
-    raise ModelLoadError(f"no {TORCHSCRIPT} or {WEIGHTS} in {model_dir}, and no model_fn in code/{SCRIPT}")
+    path = find_artifact(model_dir)
+    if path is None:
+        raise ModelLoadError(
+            f"no {TORCHSCRIPT} or model.pth (or another single .pt/.pth file) in {model_dir}, "
+            f"and no model_fn in code/{SCRIPT}"
+        )
+    name = os.path.basename(path)
+    if name.endswith(".pth") and not _is_zip(path):  # the legacy (pre-1.6) torch.save format: never TorchScript
+        return _load_pickled(path, device, allow_unsafe_pickle)
+    try:
+        return torch.jit.load(path, map_location=device)
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            raise OutOfMemory(f"out of memory loading {name}: {brief(exc)}") from exc
+        if not _is_zip(path):
+            raise ModelLoadError(f"{name} is not a TorchScript archive ({brief(exc)})") from exc
+        log.info("%s is not TorchScript; reading it as torch.save weights", name)
+        return _load_pickled(path, device, allow_unsafe_pickle)
 
 
 def _is_zip(path: str) -> bool:
@@ -236,6 +282,9 @@ def _call(module: Any, data: Any) -> Any:
 
 
 def _prediction_error(exc: Exception, where: str = "the model") -> HandlerError:
+    user_status = toolkit_status_error(exc)
+    if user_status is not None:
+        return user_status
     if is_out_of_memory(exc):
         return OutOfMemory(f"out of memory in {where}: {brief(exc)}")
     if isinstance(exc, (RuntimeError, ValueError, IndexError, TypeError)) and any(

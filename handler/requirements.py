@@ -151,6 +151,9 @@ def ensure_installed(code_dir: str, settings: Settings, model_name: str = "?") -
     if not text:
         log.info("requirements.txt of %s lists nothing to install", model_name)
         return None
+    if not os.path.isdir(os.path.join(code_dir, WHEELS)) and satisfied_by_base(text):
+        log.info("requirements of %s satisfied by the base environment (no pip)", model_name)
+        return None
     key = requirements_key(code_dir, text)
     root = os.path.abspath(settings.deps_dir or default_deps_dir())
     final = os.path.join(root, key)
@@ -173,6 +176,37 @@ def ensure_installed(code_dir: str, settings: Settings, model_name: str = "?") -
             f"code/{REQUIREMENTS} could not be installed into {root}: {exc.strerror or exc} "
             "(TORCH_MME_DEPS_DIR must be a writable folder)"
         ) from exc
+
+
+def satisfied_by_base(text: str) -> bool:
+    """True when every line is a plain requirement (``name``, ``name>=1.2``, markers) that an installed
+    distribution meets: then pip would only say "Requirement already satisfied" (about 1 s per load), so
+    it is not run. Anything else (options, URLs, paths, extras, unknown packages, a version not met) is
+    left to pip."""
+    try:
+        from packaging.requirements import InvalidRequirement, Requirement
+    except ImportError:  # pip vendors the same library
+        from pip._vendor.packaging.requirements import InvalidRequirement, Requirement
+    from importlib import metadata
+
+    for line in text.splitlines():
+        if line.startswith("-"):
+            return False
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement:
+            return False
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue
+        if requirement.url or requirement.extras:
+            return False
+        try:
+            version = metadata.version(requirement.name)
+        except metadata.PackageNotFoundError:
+            return False
+        if not requirement.specifier.contains(version, prereleases=True):
+            return False
+    return True
 
 
 def activate(site_packages: str) -> None:

@@ -7,8 +7,11 @@ and a short JSON message, the other items still get their results.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,17 +30,12 @@ from handler.settings import Settings
 
 log = logging.getLogger(__name__)
 
+CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+TARGET_MODEL = "X-Amzn-SageMaker-Target-Model"
+MAX_CUSTOM_ATTRIBUTES = 1024
+"""SageMaker's limit on ``CustomAttributes``, both ways."""
 
-@dataclass
-class Item:
-    """One request of a batch as it moves through the stages."""
-
-    body: bytes | None
-    content_type: str
-    accept: str
-    data: Any = None
-    prediction: Any = None
-    error: HandlerError | None = None
+_target_model: contextvars.ContextVar[str] = contextvars.ContextVar("target_model", default="")
 
 
 def header(context: Any, idx: int, name: str) -> str:
@@ -48,6 +46,93 @@ def header(context: Any, idx: int, name: str) -> str:
         if isinstance(key, str) and key.lower() == wanted and isinstance(value, str):
             return value
     return ""
+
+
+class RequestContext:
+    """What a hook's ``context`` argument is for one request: MMS's ``Context``, unchanged (every attribute
+    and method is the MMS one: ``system_properties``, ``get_request_header(idx, name)``,
+    ``set_response_header(idx, name, value)``, ...), plus this request's SageMaker headers without an index:
+
+    - ``custom_attributes``: the request's ``X-Amzn-SageMaker-Custom-Attributes`` ('' when absent);
+    - ``set_custom_attributes(value)``: the response's, what boto3 returns as ``CustomAttributes``;
+    - ``target_model``: the request's ``X-Amzn-SageMaker-Target-Model`` ('' outside SageMaker);
+    - ``request_header(name)``, ``request_id`` (the index in MMS's batch);
+    - ``get_request_header(idx, name)`` finds a header whatever the case of its name.
+    """
+
+    def __init__(self, context: Any, idx: int) -> None:
+        self._context = context
+        self.request_id = idx
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    def request_header(self, name: str) -> str:
+        return header(self._context, self.request_id, name)
+
+    def get_request_header(self, idx: int, key: str) -> str | None:
+        """MMS's lookup, but case-insensitive: MMS hands the worker the header names as they came on the wire,
+        so ``get_request_header(0, "X-Amzn-SageMaker-Custom-Attributes")`` would miss a lowercase one."""
+        exact = self._context.get_request_header(idx, key)
+        return exact if exact is not None else (header(self._context, idx, key) or None)
+
+    @property
+    def custom_attributes(self) -> str:
+        return self.request_header(CUSTOM_ATTRIBUTES)
+
+    @property
+    def target_model(self) -> str:
+        return self.request_header(TARGET_MODEL)
+
+    def set_custom_attributes(self, value: str) -> None:
+        """Set the response's custom attributes (printable ASCII, at most 1024 characters, as SageMaker)."""
+        text = ascii_safe(str(value).replace("\r", " ").replace("\n", " "))
+        if len(text) > MAX_CUSTOM_ATTRIBUTES:
+            raise ValueError(f"custom attributes are limited to {MAX_CUSTOM_ATTRIBUTES} characters")
+        self._context.set_response_header(self.request_id, CUSTOM_ATTRIBUTES, text)
+
+
+def install_log_target() -> None:
+    """Prefix every log record written while a request is served with its TargetModel
+    (``[TargetModel=team-a/housing.tar.gz] ...``): the handler's lines and the user's own loggers alike."""
+    factory = logging.getLogRecordFactory()
+    if getattr(factory, "adds_target_model", False):
+        return
+
+    def record_with_target(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        target = _target_model.get()
+        if target:
+            record.target_model = target
+            if record.args:
+                target = target.replace("%", "%%")
+            record.msg = f"[TargetModel={target}] {record.msg}"
+        return record
+
+    record_with_target.adds_target_model = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(record_with_target)
+
+
+@dataclass
+class Item:
+    """One request of a batch as it moves through the stages."""
+
+    body: bytes | None
+    content_type: str
+    accept: str
+    context: RequestContext | None = None
+    data: Any = None
+    prediction: Any = None
+    error: HandlerError | None = None
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        """Log lines written meanwhile carry this request's TargetModel."""
+        token = _target_model.set(self.context.target_model if self.context is not None else "")
+        try:
+            yield
+        finally:
+            _target_model.reset(token)
 
 
 def _body(request: dict) -> bytes | None:
@@ -92,12 +177,15 @@ class PyTorchHandler:
         model_dir = check_inside(properties["model_dir"], settings.models_root)
         # before torch and the user's code are imported: the model's own packages come first on sys.path
         requirements.prepare(model_dir, settings, getattr(context, "model_name", "?"))
+        install_log_target()
 
         from handler import device, model  # torch is imported when a model loads, not before
 
         dev = device.device_for(properties.get("gpu_id"))
         device.admit(model_dir, dev, settings.memory_headroom_mb)
-        self.model = model.load(model_dir, dev, settings.allow_unsafe_pickle, context, settings.default_accept)
+        self.model = model.load(
+            model_dir, dev, settings.allow_unsafe_pickle, context, settings.default_accept, settings.program
+        )
         log.info("model %s loaded from %s on %s", getattr(context, "model_name", "?"), model_dir, dev)
 
     def unload(self) -> None:
@@ -112,13 +200,18 @@ class PyTorchHandler:
         """Decode every item with its own Content-Type."""
         items = []
         for idx, request in enumerate(data):
-            item = Item(_body(request), header(context, idx, "Content-Type"), header(context, idx, "Accept"))
+            item = Item(
+                _body(request),
+                header(context, idx, "Content-Type"),
+                header(context, idx, "Accept"),
+                RequestContext(context, idx),
+            )
             items.append(item)
             if item.body is None:
                 kind = codecs.media_type(item.content_type) or "this request"
                 item.error = UnsupportedContentType(f"no request body found; {kind} is not supported")
             elif "transform_fn" not in self.model.hooks:
-                self._guard(item, lambda it=item: self.model.decode(it.body, it.content_type, context), "data")
+                self._guard(item, lambda it=item: self.model.decode(it.body, it.content_type, it.context), "data")
         return items
 
     def inference(self, items: list[Item], context: Any) -> list[Item]:
@@ -129,11 +222,11 @@ class PyTorchHandler:
             if "transform_fn" in self.model.hooks:
                 self._guard(
                     item,
-                    lambda it=item: self.model.transform(it.body, it.content_type, it.accept, context),
+                    lambda it=item: self.model.transform(it.body, it.content_type, it.accept, it.context),
                     "prediction",
                 )
             else:
-                self._guard(item, lambda it=item: self.model.predict(it.data, context), "prediction")
+                self._guard(item, lambda it=item: self.model.predict(it.data, it.context), "prediction")
         return items
 
     def postprocess(self, items: list[Item], context: Any) -> list[bytes]:
@@ -141,7 +234,7 @@ class PyTorchHandler:
         responses = []
         for idx, item in enumerate(items):
             if item.error is None and "transform_fn" not in self.model.hooks:
-                self._guard(item, lambda it=item: self.model.encode(it.prediction, it.accept, context), "prediction")
+                self._guard(item, lambda it=item: self.model.encode(it.prediction, it.accept, it.context), "prediction")
             if item.error is not None:
                 context.set_response_status(item.error.status, ascii_safe(str(item.error)[:MAX_MESSAGE]), idx)
                 context.set_response_content_type(idx, codecs.JSON)
@@ -160,13 +253,14 @@ class PyTorchHandler:
 
     @staticmethod
     def _guard(item: Item, stage: Any, field: str) -> None:
-        """Run one stage of one item, storing its result or its typed error."""
-        try:
-            setattr(item, field, stage())
-        except HandlerError as exc:
-            item.error = exc
-            if exc.status >= 500:
-                log.error("request failed (%d): %s", exc.status, exc, exc_info=exc.__cause__ or exc)
-        except Exception as exc:  # a bug outside the typed paths still answers this item only
-            item.error = OutOfMemory(brief(exc)) if is_out_of_memory(exc) else PredictionError(brief(exc))
-            log.exception("request failed")
+        """Run one stage of one item, storing its result or its typed error (logged with its TargetModel)."""
+        with item.scope():
+            try:
+                setattr(item, field, stage())
+            except HandlerError as exc:
+                item.error = exc
+                if exc.status >= 500:
+                    log.error("request failed (%d): %s", exc.status, exc, exc_info=exc.__cause__ or exc)
+            except Exception as exc:  # a bug outside the typed paths still answers this item only
+                item.error = OutOfMemory(brief(exc)) if is_out_of_memory(exc) else PredictionError(brief(exc))
+                log.exception("request failed")

@@ -126,6 +126,10 @@ class Settings:
     def inflight_bytes(self) -> int:
         return (self.inflight_mb or 4 * self.max_request_mb) * 2**20
 
+    program: str = "inference.py"
+    """The user script in each model's ``code/`` (``SAGEMAKER_PROGRAM``, what the SDK's ``entry_point=`` sets):
+    ``mnist_1d.py`` or a module name ``mnist_1d``; a model without that file falls back to ``inference.py``."""
+
     @property
     def model_overhead_mb(self) -> int:
         if self.worker_overhead_mb:
@@ -165,6 +169,7 @@ class Settings:
             inflight_mb=int(env.get("TORCH_MME_INFLIGHT_MB") or cls.inflight_mb),
             max_queued=int(env.get("TORCH_MME_MAX_QUEUED") or cls.max_queued),
             queue_timeout_s=float(env.get("TORCH_MME_QUEUE_TIMEOUT_S") or cls.queue_timeout_s),
+            program=(env.get("SAGEMAKER_PROGRAM") or cls.program).strip(),
         )
 
     def with_overrides(self, **overrides: object) -> "Settings":
@@ -204,4 +209,5 @@ class Settings:
             "TORCH_MME_INFLIGHT_MB": str(self.inflight_mb),
             "TORCH_MME_MAX_QUEUED": str(self.max_queued),
             "TORCH_MME_QUEUE_TIMEOUT_S": str(self.queue_timeout_s),
+            "SAGEMAKER_PROGRAM": self.program,
         }

@@ -127,13 +127,16 @@ def media_type(header: str | None) -> str:
     return (header or "").split(";", 1)[0].strip().lower()
 
 
-def parse_rows(body: bytes, content_type: str, features: list[str]) -> np.ndarray:
-    """A float32 array shaped (rows, len(features)), columns in ``features`` order."""
+def parse_rows(body: bytes | str, content_type: str, features: list[str]) -> np.ndarray:
+    """A float32 array shaped (rows, len(features)), columns in ``features`` order.
+
+    ``body`` is ``str`` for CSV and JSON (SageMaker's toolkit decodes those before ``input_fn``), bytes otherwise.
+    """
     kind = media_type(content_type)
     if kind not in (CSV, JSON):
         raise ValueError(f"unsupported content type {content_type!r}; send {CSV} or {JSON}")
     try:
-        text = body.decode("utf-8-sig")
+        text = body.lstrip("\ufeff") if isinstance(body, str) else body.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ValueError("the body is not UTF-8 text") from None
     rows = _csv_rows(text, features) if kind == CSV else _json_rows(text, features)
@@ -370,11 +373,12 @@ def input_fn(request_body: bytes, content_type: str) -> torch.Tensor:
 
 def predict_fn(data: torch.Tensor, model) -> torch.Tensor:
     device = next(model.parameters()).device
-    return model(data.to(device)).squeeze(1)
+    with torch.no_grad():  # a user's predict_fn runs as it is, as in SageMaker: no gradients needed here
+        return model(data.to(device)).squeeze(1)
 
 
 def output_fn(prediction: torch.Tensor, accept: str) -> torch.Tensor:
-    """The server encodes what this returns as Accept asks (and answers 406 for a type it cannot write)."""
+    """The server encodes what this returns as Accept asks (and answers 415 for a type it does not know)."""
     values = prediction.detach().float().cpu()
     if preferred(accept, ("application/json", CSV, "application/x-npy")) == CSV:
         return values.unsqueeze(1)  # one row per line
@@ -614,7 +618,8 @@ def _images(array: np.ndarray) -> torch.Tensor:
 
 def predict_fn(data: torch.Tensor, model: nn.Module) -> torch.Tensor:
     device = next(model.parameters()).device
-    return torch.softmax(model(data.to(device)), dim=1)
+    with torch.no_grad():  # a user's predict_fn runs as it is, as in SageMaker: no gradients needed here
+        return torch.softmax(model(data.to(device)), dim=1)
 
 
 def output_fn(prediction: torch.Tensor, accept: str) -> dict:
@@ -760,7 +765,8 @@ def input_fn(request_body: bytes, content_type: str) -> torch.Tensor:
 
 def predict_fn(data: torch.Tensor, model: nn.Module) -> torch.Tensor:
     device = next(model.parameters()).device
-    return torch.softmax(model(data.to(device)), dim=1)
+    with torch.no_grad():  # a user's predict_fn runs as it is, as in SageMaker: no gradients needed here
+        return torch.softmax(model(data.to(device)), dim=1)
 
 
 def output_fn(prediction: torch.Tensor, accept: str) -> dict:
@@ -918,10 +924,11 @@ def _max_length(path: str) -> int:
         return DEFAULT_MAX_LENGTH
 
 
-def input_fn(request_body: bytes, content_type: str) -> list[str]:
+def input_fn(request_body: bytes | str, content_type: str) -> list[str]:
+    """``str`` for JSON (decoded before input_fn, as SageMaker's toolkit does), bytes for text/plain."""
     kind = (content_type or "").split(";", 1)[0].strip().lower()
     try:
-        text = request_body.decode("utf-8-sig")
+        text = request_body.lstrip("\ufeff") if isinstance(request_body, str) else request_body.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ValueError("the body is not UTF-8 text") from None
     if kind == "text/plain":
@@ -944,7 +951,8 @@ def input_fn(request_body: bytes, content_type: str) -> list[str]:
 
 
 def predict_fn(sentences: list[str], model: nn.Module) -> torch.Tensor:
-    return model(sentences)
+    with torch.no_grad():  # a user's predict_fn runs as it is, as in SageMaker: no gradients needed here
+        return model(sentences)
 '''
 
 MINILM_SENTENCES = (*MINILM_PAIR, "The new movie is awesome.")

@@ -25,10 +25,10 @@ import tarfile
 from collections.abc import Callable
 from typing import IO
 
-from handler.user_code import HOOKS, SCRIPT
+from handler.user_code import HOOKS, SCRIPT, script_path
 
 ARTIFACTS = ("model.pt", "model.pth")
-ARTIFACT_SUFFIXES = (".pt2", ".safetensors")
+ARTIFACT_SUFFIXES = (".pt", ".pth", ".pt2", ".safetensors")
 SKIPPED_DIRS = ("__pycache__",)
 SKIPPED_SUFFIXES = (".pyc",)
 COMPRESS_LEVEL = 6  # weights hardly compress; 9 costs much more time for almost nothing
@@ -63,36 +63,120 @@ class InvalidModel(Exception):
         self.problems = problems
 
 
-def validate(model_dir: str, timeout: float = 120.0) -> list[str]:
+def validate(model_dir: str, timeout: float = 120.0, program: str = SCRIPT) -> list[str]:
     """Problems found (empty when fine), each a line a user can act on.
 
     Checks what the handler needs at LoadModel: a model artifact or a
-    ``model_fn``; a ``code/inference.py`` that imports and defines at least one
-    hook; not ``transform_fn`` together with ``input_fn``/``predict_fn``/``output_fn``.
+    ``model_fn``; a ``code/inference.py`` (or ``code/<program>``, SAGEMAKER_PROGRAM) that imports and
+    defines at least one hook; not ``transform_fn`` together with ``input_fn``/``predict_fn``/``output_fn``.
     """
+    return _inspect(model_dir, timeout, program)[0]
+
+
+def _inspect(model_dir: str, timeout: float, program: str) -> tuple[list[str], list[str]]:
+    """(problems, hooks the script defines)."""
     if not os.path.isdir(model_dir):
-        return [f"{model_dir} is not a directory"]
-    names = os.listdir(model_dir)
-    has_artifact = any(
-        (name in ARTIFACTS or name.endswith(ARTIFACT_SUFFIXES)) and os.path.isfile(os.path.join(model_dir, name))
-        for name in names
-    )
-    script = os.path.abspath(os.path.join(model_dir, "code", SCRIPT))  # the child runs in model_dir
+        return [f"{model_dir} is not a directory"], []
+    has_artifact = bool(_artifacts(model_dir))
+    script = os.path.abspath(script_path(model_dir, program))  # the child runs in model_dir
+    shown = "code/" + os.path.relpath(script, os.path.abspath(os.path.join(model_dir, "code")))
     if not os.path.isfile(script):
-        return [] if has_artifact else [_no_artifact()]
+        return ([] if has_artifact else [_no_artifact()]) + _ambiguous_artifacts(model_dir, []), []
     hooks, error = _import_hooks(model_dir, script, timeout)
     if error is not None:
-        return [f"code/{SCRIPT} {error}"]
+        return [f"{shown} {error}"], []
     problems = []
     if not hooks:
-        problems.append(f"code/{SCRIPT} defines none of the hooks {', '.join(HOOKS)}")
+        problems.append(f"{shown} defines none of the hooks {', '.join(HOOKS)}")
     if "transform_fn" in hooks and {"input_fn", "predict_fn", "output_fn"} & set(hooks):
-        problems.append(
-            f"code/{SCRIPT} defines transform_fn and input_fn/predict_fn/output_fn; define one or the other"
-        )
+        problems.append(f"{shown} defines transform_fn and input_fn/predict_fn/output_fn; define one or the other")
     if not has_artifact and "model_fn" not in hooks:
         problems.append(_no_artifact())
-    return problems
+    problems += _ambiguous_artifacts(model_dir, hooks)
+    return problems, hooks
+
+
+def _ambiguous_artifacts(model_dir: str, hooks: list[str]) -> list[str]:
+    """The default model_fn (here and in the toolkit) needs model.pt or exactly one *.pt/*.pth."""
+    candidates = [a for a in _artifacts(model_dir) if a.endswith((".pt", ".pth"))]
+    if "model_fn" in hooks or "model.pt" in candidates or len(candidates) < 2:
+        return []
+    return [f"several .pt/.pth files ({', '.join(candidates)}), no model.pt and no model_fn: which one to load?"]
+
+
+def _artifacts(model_dir: str) -> list[str]:
+    return sorted(
+        name
+        for name in os.listdir(model_dir)
+        if (name in ARTIFACTS or name.endswith(ARTIFACT_SUFFIXES)) and os.path.isfile(os.path.join(model_dir, name))
+    )
+
+
+def _torch_archive_kind(path: str) -> str:
+    """'torchscript', 'torch.save' (a zip pickle), 'legacy' (a pre-1.6 pickle) or 'other', from the file alone."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        with open(path, "rb") as f:
+            return "legacy" if f.read(2) == b"\x80\x02" else "other"
+    if any(n.split("/", 1)[-1].startswith("code/") or n.endswith("/constants.pkl") for n in names):
+        return "torchscript"
+    return "torch.save" if any(n.endswith("/data.pkl") for n in names) else "other"
+
+
+def compat_report(model_dir: str, program: str = SCRIPT, timeout: float = 120.0) -> tuple[list[str], list[str]]:
+    """(problems, differences) for an existing SageMaker PyTorch model folder.
+
+    Problems fail LoadModel here; differences are what would behave differently here than in the SageMaker
+    PyTorch container (README, "Differences from the toolkit"), for this folder's hooks and artifacts.
+    """
+    problems, hooks = _inspect(model_dir, timeout, program)
+    if not os.path.isdir(model_dir):
+        return problems, []
+    notes: list[str] = []
+    code = os.path.join(model_dir, "code")
+    wanted = os.path.join(code, program if program.endswith(".py") else program.replace(".", "/") + ".py")
+    if program != SCRIPT and not os.path.isfile(wanted) and os.path.isfile(os.path.join(code, SCRIPT)):
+        notes.append(
+            f"SAGEMAKER_PROGRAM is {program}, which this folder lacks: code/{SCRIPT} is used here, "
+            "the toolkit would use its default handlers"
+        )
+    scripts = sorted(n for n in os.listdir(code) if n.endswith(".py")) if os.path.isdir(code) else []
+    if scripts and not os.path.isfile(script_path(model_dir, program)):
+        notes.append(
+            f"code/ holds {', '.join(scripts)} but no {program}: set SAGEMAKER_PROGRAM to the entry point "
+            "(what PyTorchModel(entry_point=...) sets), else no hook of yours runs"
+        )
+    artifacts = [a for a in _artifacts(model_dir) if a.endswith((".pt", ".pth"))]
+    if "model_fn" not in hooks and artifacts:
+        loaded = "model.pt" if "model.pt" in artifacts else (artifacts[0] if len(artifacts) == 1 else None)
+        if loaded is not None and _torch_archive_kind(os.path.join(model_dir, loaded)) != "torchscript":
+            notes.append(
+                f"{loaded} is not TorchScript: the toolkit's default model_fn cannot load it; here a pickled "
+                "module loads only with TORCH_MME_ALLOW_UNSAFE_PICKLE=true, a state_dict needs a model_fn"
+            )
+    if "transform_fn" not in hooks and "input_fn" not in hooks:
+        notes.append(
+            "default input_fn: a one-line text/csv body is a 1 x N tensor (the toolkit: N); a CSV cell that "
+            "is not a number answers 400 (the toolkit: NaN); application/x-npy bodies are read without pickles; "
+            "application/x-npz bodies are dense arrays (the toolkit: a scipy sparse matrix)"
+        )
+    if "transform_fn" not in hooks and "output_fn" not in hooks:
+        notes.append(
+            "default output_fn: application/x-npy answers keep the tensor's dtype (the toolkit: float64/int64 "
+            "from tolist()); object arrays are not pickled (406)"
+        )
+    if "predict_fn" in hooks or "transform_fn" in hooks:
+        notes.append(
+            "the model gets eval() once at load, before your predict_fn/transform_fn (the toolkit calls eval() "
+            "only in its default predict_fn); call model.train() in model_warmup_fn to keep training mode"
+        )
+    if os.path.isfile(os.path.join(code, "requirements.txt")):
+        notes.append("code/requirements.txt is installed when the model loads (the toolkit ignores it for MME)")
+    return problems, notes
 
 
 def _no_artifact() -> str:
@@ -234,7 +318,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "One SRC: OUT is the archive's path. Several: OUT is a folder and each SRC becomes OUT/<name>.tar.gz.",
     )
     p.add_argument("sources", nargs="+", metavar="SRC", help="a model directory (model.pt, or code/inference.py ...)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="the .tar.gz (one SRC) or a folder (several)")
+    p.add_argument("-o", "--output", metavar="OUT", help="the .tar.gz (one SRC) or a folder (several)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="pack nothing: report, for each existing SageMaker PyTorch model folder, what would fail here "
+        "and what would behave differently than in the SageMaker PyTorch container",
+    )
+    p.add_argument(
+        "--program",
+        metavar="SCRIPT",
+        help="the user script in code/ (default: $SAGEMAKER_PROGRAM, else inference.py)",
+    )
     p.add_argument(
         "--upload",
         metavar="DEST",
@@ -254,6 +349,14 @@ class _Usage(Exception):
 
 def run(args: argparse.Namespace) -> int:
     """Execute parsed ``package`` arguments: 0 done, 1 a model is invalid or a step failed, 2 a usage error."""
+    from handler.settings import Settings
+
+    program = getattr(args, "program", None) or Settings.from_env().program
+    if getattr(args, "check", False):
+        return _check(args.sources, program)
+    if not args.output:
+        print("torch-mme package: error: -o/--output is required (or --check)", file=sys.stderr)
+        return 2
     try:
         jobs = _plan(args.sources, args.output)
         upload = _upload_target(args.upload) if args.upload else None
@@ -264,7 +367,7 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "validate", True):
         invalid = False
         for src, _ in jobs:
-            for problem in validate(src):
+            for problem in validate(src, program=program):
                 print(f"torch-mme package: {src}: {problem}", file=sys.stderr)
                 invalid = True
         if invalid:
@@ -291,6 +394,21 @@ def run(args: argparse.Namespace) -> int:
         return 1
     progress.done()
     return 0
+
+
+def _check(sources: list[str], program: str) -> int:
+    """``--check``: 1 when a folder would fail LoadModel, else 0; each difference is printed, one a line."""
+    failed = False
+    for src in sources:
+        problems, notes = compat_report(src, program)
+        for problem in problems:
+            print(f"{src}: FAILS: {problem}")
+        for note in notes:
+            print(f"{src}: differs: {note}")
+        if not problems and not notes:
+            print(f"{src}: ok: behaves as in the SageMaker PyTorch container")
+        failed = failed or bool(problems)
+    return 1 if failed else 0
 
 
 def _plan(sources: list[str], output: str) -> list[tuple[str, str]]:

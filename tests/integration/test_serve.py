@@ -160,7 +160,7 @@ def test_bad_requests_get_their_status_and_the_worker_stays_up(server, models_ro
         (b"[[1, 2, 3, 4, 5]]", "application/json", None, 400),  # wrong shape for Linear(3, 2)
         (b"\x93NUMPY garbage", "application/x-npy", None, 400),
         (b"[[1, 2, 3]]", "image/png", None, 415),
-        (b"[[1, 2, 3]]", "application/json", "image/png", 406),
+        (b"[[1, 2, 3]]", "application/json", "image/png", 415),
     ]
     for body, content_type, accept, expected in cases:
         status, response_type, answer = server.invoke(name, body, content_type, accept)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from handler import codecs
-from handler.errors import BadRequest, NotAcceptable, UnsupportedContentType
+from handler.errors import BadRequest, NotAcceptable, UnsupportedAccept, UnsupportedContentType
 
 
 def npy(array, allow_pickle=False):
@@ -135,8 +135,8 @@ def test_negotiate_any_gives_the_default():
 
 
 @pytest.mark.parametrize("accept", ["image/png", "text/csv;q=0", "text/html, application/xml"])
-def test_negotiate_nothing_supported_is_not_acceptable(accept):
-    with pytest.raises(NotAcceptable):
+def test_negotiate_nothing_supported_is_unsupported_as_in_the_toolkit(accept):
+    with pytest.raises(UnsupportedAccept):
         codecs.negotiate(accept)
 
 
@@ -156,7 +156,7 @@ def test_encode_csv_round_trips_floats_exactly():
 
 def test_encode_csv_of_a_scalar_and_a_vector():
     assert codecs.encode(np.float32(2.0), "text/csv")[0] == b"2.0\n"
-    assert codecs.encode(np.array([1.0, 2.0]), "text/csv")[0] == b"1.0,2.0\n"
+    assert codecs.encode(np.array([1.0, 2.0]), "text/csv")[0] == b"1.0\n2.0\n"  # one value per line (savetxt)
 
 
 def test_encode_csv_refuses_three_dimensions_and_dicts():
@@ -166,9 +166,11 @@ def test_encode_csv_refuses_three_dimensions_and_dicts():
         codecs.encode({"a": np.zeros(2)}, "text/csv")
 
 
-def test_encode_npy_refuses_strings():
+def test_encode_npy_of_strings_needs_no_pickle_and_objects_are_refused():
+    body, _ = codecs.encode(np.array(["a", "bc"]), "application/x-npy")
+    assert np.load(io.BytesIO(body), allow_pickle=False).tolist() == ["a", "bc"]
     with pytest.raises(NotAcceptable):
-        codecs.encode(np.array(["a"]), "application/x-npy")
+        codecs.encode(np.array([{"a": 1}], dtype=object), "application/x-npy")
 
 
 def test_encode_npz_of_a_dict_keeps_names():

@@ -211,7 +211,8 @@ def test_a_script_without_hooks_is_a_problem(tmp_path: Path):
     src = model_dir(tmp_path, "m", {"model.pt": b"x", "code/inference.py": "def helper():\n    pass\nmodel_fn = 3\n"})
 
     assert validate(str(src)) == [
-        "code/inference.py defines none of the hooks model_fn, input_fn, predict_fn, output_fn, transform_fn"
+        "code/inference.py defines none of the hooks "
+        "pre_model_fn, model_fn, model_warmup_fn, input_fn, predict_fn, output_fn, transform_fn"
     ]
 
 
@@ -367,10 +368,50 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture, argv
     assert not (tmp_path / "x.tar.gz").exists() and not (tmp_path / "out").exists()
 
 
-def test_the_parser_needs_a_source_and_an_output():
+def test_the_parser_needs_a_source_and_an_output_unless_checking(tmp_path: Path, capsys: pytest.CaptureFixture):
     with pytest.raises(SystemExit) as caught:
-        parse(["only-a-source"])
+        parse([])
     assert caught.value.code == 2
+    assert packaging.run(parse([str(torchscript(tmp_path))])) == 2
+    assert "-o/--output is required" in capsys.readouterr().err
+
+
+def test_check_reports_differences_and_packs_nothing(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """``--check`` on an existing SageMaker PyTorch folder: what would behave differently here."""
+    src = model_dir(
+        tmp_path,
+        "mnist",
+        {"torch_model.pth": b"\x80\x02 a legacy pickle", "code/mnist_1d.py": MODEL_FN, "code/requirements.txt": "x\n"},
+    )
+    assert packaging.run(parse(["--check", str(src)])) == 0
+    out = capsys.readouterr().out
+    assert "code/ holds mnist_1d.py but no inference.py: set SAGEMAKER_PROGRAM" in out
+    assert "torch_model.pth is not TorchScript" in out
+    assert "code/requirements.txt is installed" in out
+    assert list(tmp_path.iterdir()) == [src]
+
+    assert packaging.run(parse(["--check", "--program", "mnist_1d.py", str(src)])) == 0
+    out = capsys.readouterr().out
+    assert "SAGEMAKER_PROGRAM" not in out and "not TorchScript" not in out  # its model_fn loads the weights
+    assert "eval() once at load" not in out  # no predict_fn of its own
+
+
+def test_check_fails_what_would_not_load(tmp_path: Path, capsys: pytest.CaptureFixture):
+    src = model_dir(tmp_path, "two", {"a.pt": b"PK\x03\x04", "b.pth": b"PK\x03\x04"})
+    assert packaging.run(parse(["--check", str(src)])) == 1
+    assert "FAILS: several .pt/.pth files (a.pt, b.pth)" in capsys.readouterr().out
+    assert validate(str(src)) == [packaging._ambiguous_artifacts(str(src), [])[0]]
+
+
+def test_check_of_a_plain_torchscript_folder_names_the_default_codec_differences(tmp_path: Path, capsys):
+    import torch
+
+    src = model_dir(tmp_path, "ts", {})
+    torch.jit.script(torch.nn.Linear(3, 2)).save(str(src / "traced.pt"))
+    assert packaging.run(parse(["--check", str(src)])) == 0
+    out = capsys.readouterr().out
+    assert "not TorchScript" not in out
+    assert "a one-line text/csv body is a 1 x N tensor" in out and "keep the tensor's dtype" in out
 
 
 def test_upload_to_s3_uses_a_plain_boto3_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -269,8 +269,34 @@ def test_an_imported_package_is_pinned_so_a_conflict_is_pips_clear_message(model
 
 def test_torch_is_never_installed_a_second_time(models_root, deps_settings):
     model = model_with_requirements(models_root, "m1", "torch==1.0.0\n")
-    with pytest.raises(DependencyInstallError, match=r"torch==1\.0\.0.*\(constraint\) torch=="):
+    with pytest.raises(DependencyInstallError, match=r"torch==1\.0\.0.*stay at their installed versions"):
         requirements.ensure_installed(str(model / "code"), deps_settings, "m1")
+
+
+def test_requirements_the_base_environment_satisfies_run_no_pip(models_root, deps_settings, pip_calls):
+    from importlib import metadata
+
+    torch_version, numpy_version = metadata.version("torch"), metadata.version("numpy")
+    text = (
+        f"torch>={torch_version.split('+')[0]}\nnumpy=={numpy_version}  # pinned\nnothing-here; python_version < '3'\n"
+    )
+    model = model_with_requirements(models_root, "satisfied", text)
+    assert prepare(str(model), deps_settings, "satisfied") is None
+    assert len(pip_calls) == 0 and folders(deps_settings.deps_dir) == []
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "torch==1.0.0",
+        "surely-not-installed-tmme",
+        "numpy[extra]",
+        "--index-url https://example.invalid",
+        "pkg @ file:///x",
+    ],
+)
+def test_anything_else_is_left_to_pip(line):
+    assert not requirements.satisfied_by_base(f"numpy\n{line}")
 
 
 def test_the_wheelhouse_is_searched_too(models_root, deps_settings, tmp_path):

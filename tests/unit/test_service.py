@@ -159,10 +159,10 @@ def test_default_accept_from_settings(models, serve, models_root, expected):
         np.testing.assert_allclose(read_csv(body), expected(X), atol=1e-6)
 
 
-def test_unsupported_accept_is_406(ts, codec_helpers):
+def test_unsupported_accept_is_415_as_in_the_toolkit(ts, codec_helpers):
     status, content_type, body = ts.one(X_JSON, JSON, "image/png")
-    assert (status, content_type) == (406, JSON)
-    error = codec_helpers.error(body, 406, "NotAcceptable")
+    assert (status, content_type) == (415, JSON)
+    error = codec_helpers.error(body, 415, "UnsupportedAccept")
     assert "image/png" in error["message"]
     assert ts.ctx.get_response_status(0)[1] == error["message"]
 
@@ -283,12 +283,15 @@ def test_all_four_hooks(models, serve, expected, takes_context):
     ctx = served.ctx if takes_context else None
     assert seen == {"model_fn": ctx}
 
+    def unwrapped(seen_context):  # request hooks get MMS's context wrapped with this request's headers
+        return getattr(seen_context, "_context", seen_context)
+
     status, content_type, body = served.one(json.dumps({"inputs": X}).encode(), JSON, "*/*")
     assert (status, content_type) == (200, "application/vnd.test+json")
     np.testing.assert_allclose(json.loads(body)["outputs"], 2 * expected(X), atol=1e-5)
-    assert seen["input_fn"] == (ctx, JSON)
-    assert seen["predict_fn"] == (ctx, True, False)  # inference mode on, eval() done
-    assert seen["output_fn"] == (ctx, JSON)  # */* is shown to the hooks as the default
+    assert (unwrapped(seen["input_fn"][0]), seen["input_fn"][1]) == (ctx, JSON)
+    assert (unwrapped(seen["predict_fn"][0]), *seen["predict_fn"][1:]) == (ctx, False, False)  # as it is; eval()
+    assert (unwrapped(seen["output_fn"][0]), seen["output_fn"][1]) == (ctx, JSON)  # */* is shown as the default
 
 
 def test_hook_returning_bytes_is_typed_as_accept(models, serve, expected):
@@ -325,10 +328,10 @@ def test_predict_fn_only(models, serve, expected):
     np.testing.assert_allclose(result["sum"], expected(X).sum(), atol=1e-5)
 
 
-def test_default_prediction_runs_under_inference_mode(ts):
-    prediction = ts.handler.model.predict(torch.ones(1, 3))
-    assert prediction.is_inference()
-    assert not torch.is_inference_mode_enabled()
+def test_default_prediction_runs_under_no_grad(ts):
+    prediction = ts.handler.model.predict(torch.ones(1, 3, requires_grad=True))
+    assert not prediction.requires_grad and not prediction.is_inference()
+    assert torch.is_grad_enabled()
 
 
 TRANSFORM = """
@@ -339,7 +342,7 @@ TRANSFORM = """
         if content_type != "application/json":
             raise ValueError("only JSON")
         y = model(torch.tensor(json.loads(body), dtype=torch.float32))
-        return json.dumps({"y": y.tolist(), "accept": accept, "inference": torch.is_inference_mode_enabled()})
+        return json.dumps({"y": y.tolist(), "accept": accept, "grad": torch.is_grad_enabled()})
 """
 
 
@@ -349,7 +352,7 @@ def test_transform_fn(models, serve, expected):
     assert (status, content_type) == (200, JSON)
     result = json.loads(body)
     np.testing.assert_allclose(result["y"], expected(X), atol=1e-6)
-    assert result["inference"] is True
+    assert result["grad"] is True  # called as it is, as the toolkit does
     assert result["accept"] == JSON
 
 
@@ -505,13 +508,13 @@ def test_mixed_content_batch(ts, codec_helpers, expected):
     )
     statuses = [status for status, _, _ in results]
     types = [content_type for _, content_type, _ in results]
-    assert statuses == [200, 200, 400, 200, 406, 200]
+    assert statuses == [200, 200, 400, 200, 415, 200]
     assert types == [CSV, NPY, JSON, JSON, JSON, NPZ]
     np.testing.assert_allclose(read_csv(results[0][2]), expected(X), atol=1e-6)
     np.testing.assert_allclose(read_npy(results[1][2]), expected(X[:1]), atol=1e-6)
     codec_helpers.error(results[2][2], 400, "BadRequest")
     np.testing.assert_allclose(read_json(results[3][2]), expected([[4, 5, 6]]), atol=1e-6)
-    codec_helpers.error(results[4][2], 406, "NotAcceptable")
+    codec_helpers.error(results[4][2], 415, "UnsupportedAccept")
     np.testing.assert_allclose(read_npz(results[5][2]), expected(X[1:]), atol=1e-6)
 
 

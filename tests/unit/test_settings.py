@@ -114,6 +114,7 @@ def test_to_env_round_trip_of_every_field_changed():
         inflight_mb=64,
         max_queued=8,
         queue_timeout_s=1.5,
+        program="mnist_1d.py",
     )
     # every field differs from its default, so the round trip covers them all
     assert all(getattr(settings, f.name) != f.default for f in dataclasses.fields(Settings))

@@ -39,11 +39,18 @@ def test_check_target_accepts_relative_paths(target: str) -> None:
     assert check_target(target) == target
 
 
+@pytest.mark.parametrize(("target", "relative"), [("/sam.tar.gz", "sam.tar.gz"), ("/a/b.tar.gz", "a/b.tar.gz")])
+def test_one_leading_slash_is_relative_to_the_store_as_in_sagemaker(target: str, relative: str) -> None:
+    """botocore allows it and AWS's multi-model examples send ``target_model="/sam.tar.gz"``."""
+    assert check_target(target) == relative
+
+
 @pytest.mark.parametrize(
     "target",
     [
         pytest.param("", id="empty"),
-        pytest.param("/a/model.tar.gz", id="absolute"),
+        pytest.param("//a/model.tar.gz", id="absolute"),
+        pytest.param("/", id="root"),
         pytest.param("..", id="dotdot"),
         pytest.param("a/../../etc/passwd", id="dotdot-inside"),
         pytest.param("./model.tar.gz", id="dot"),

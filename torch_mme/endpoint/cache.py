@@ -61,6 +61,15 @@ class DiskCache:
     def add(self, name: str, size: int) -> None:
         self.entries[name] = Entry(size)
 
+    def delete_least_recently_used(self, keep: Callable[[str], bool]) -> str | None:
+        """Delete the least recently used artifact ``keep`` does not protect (the disk is full); None when none is."""
+        for name in sorted(self.entries, key=lambda n: self.entries[n].last_used):
+            if not keep(name):
+                self.entries.pop(name)
+                shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+                return name
+        return None
+
     def make_room(self, incoming: int, keep: Callable[[str], bool]) -> list[str]:
         """Delete least-recently-used artifacts (those ``keep`` does not protect) until ``incoming`` more fit."""
         deleted = []

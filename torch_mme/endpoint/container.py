@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
-LOAD_TIMEOUT_S = 900.0
+LOAD_TIMEOUT_S = 360.0
+"""SageMaker gives up on a LoadModel (and an UnloadModel) after 360 s."""
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@
 ModelCacheHit (1 a hit, 0 a miss), LoadedModelCount, ModelDownloadingTime,
 ModelLoadingTime, ModelUnloadingTime, ModelLoadingWaitTime (how long a
 request waited for its model), plus Invocations and InvocationErrors.
-Times are in milliseconds, as SageMaker reports them (it uses microseconds
-for some; the unit is in each metric's HELP line).
+Times are in microseconds, as SageMaker documents these four (the unit is in
+each metric's HELP line).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ log = logging.getLogger("torch_mme.endpoint.metrics")
 HELP = {
     "ModelCacheHit": "1 when the target model was already loaded, 0 when it had to be loaded (per invocation)",
     "LoadedModelCount": "models loaded in the container now",
-    "ModelDownloadingTime": "milliseconds to download a model artifact from the store",
-    "ModelLoadingTime": "milliseconds for the container's LoadModel",
-    "ModelUnloadingTime": "milliseconds for the container's UnloadModel",
-    "ModelLoadingWaitTime": "milliseconds an invocation waited for its model to be downloaded and loaded",
+    "ModelDownloadingTime": "microseconds to download a model artifact from the store",
+    "ModelLoadingTime": "microseconds for the container's LoadModel",
+    "ModelUnloadingTime": "microseconds for the container's UnloadModel",
+    "ModelLoadingWaitTime": "microseconds an invocation waited for its model to be downloaded and loaded",
     "Invocations": "invocations answered",
     "InvocationErrors": "invocations answered with an error, by error type",
     "ModelEvictions": "models unloaded to make room (the container answered 507)",

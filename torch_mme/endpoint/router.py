@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import posixpath
@@ -27,6 +28,16 @@ from torch_mme.endpoint.naming import model_name
 from torch_mme.endpoint.store import ArtifactNotFound, InvalidTarget, ModelStore, StoreError, check_target
 
 log = logging.getLogger("torch_mme.endpoint")
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """ENOSPC, raised as it is or carried in a StoreError's reason (the OS's own text for it)."""
+    return getattr(exc, "errno", None) == errno.ENOSPC or os.strerror(errno.ENOSPC) in str(exc)
+
+
+def _microseconds(started: float) -> float:
+    """Time since ``started`` in microseconds, the unit SageMaker documents for its model timing metrics."""
+    return (time.monotonic() - started) * 1e6
 
 
 @dataclass
@@ -62,11 +73,14 @@ class Router:
         self._loading: dict[str, asyncio.Task[None]] = {}
 
     async def invoke(self, target: str, body: bytes, headers: dict[str, str]) -> Reply:
+        sent = target
         try:
             target = check_target(target)
         except InvalidTarget as exc:
             raise ValidationError(str(exc)) from None
         name = model_name(target)
+        # the container sees the TargetModel as the client sent it, as SageMaker passes it on
+        headers = {**headers, "X-Amzn-SageMaker-Target-Model": sent}
         hit = name in self.loaded and name not in self._loading
         self.metrics.observe("ModelCacheHit", 1.0 if hit else 0.0, target)
         if not hit:
@@ -77,6 +91,14 @@ class Router:
             self.loaded.pop(name, None)
             await self._wait_loaded(target, name)
             reply = await self._call(name, body, headers)
+        while reply.status == 507:  # out of memory at invoke: unload unused models and retry, as SageMaker does
+            victim = self._least_recently_used(exclude=name)
+            if victim is None:
+                break
+            log.info("invoking %s answered 507 (%s); unloading %s", target, reply.message(), victim)
+            await self._unload(victim)
+            self.metrics.count("ModelEvictions")
+            reply = await self._call(name, body, headers)
         if reply.status >= 400:
             raise ModelError(reply.status, reply.message(), self.endpoint_name)
         return reply
@@ -86,7 +108,7 @@ class Router:
         if entry is not None:
             entry.in_flight += 1
         try:
-            return await self.container.invoke(name, body, {**headers, "X-Amzn-SageMaker-Target-Model": name})
+            return await self.container.invoke(name, body, headers)
         except ContainerUnavailable as exc:
             raise ServiceUnavailable(str(exc)) from None
         finally:
@@ -108,7 +130,7 @@ class Router:
         except TimeoutError:
             raise ModelNotReady(f"model {target} is still loading after {self.max_wait_s:.0f} s; retry") from None
         finally:
-            self.metrics.observe("ModelLoadingWaitTime", (time.monotonic() - started) * 1000, target)
+            self.metrics.observe("ModelLoadingWaitTime", _microseconds(started), target)
 
     def _load_finished(self, name: str, task: asyncio.Task[None]) -> None:
         self._loading.pop(name, None)
@@ -122,29 +144,47 @@ class Router:
         await self._load_in_container(target, name)
 
     async def _fetch(self, target: str, name: str) -> None:
-        """Download the artifact into the cache folder and extract it safely as ``<root>/<name>/model``."""
+        """Download the artifact into the cache folder and extract it safely as ``<root>/<name>/model``.
+
+        On a full disk, delete the least recently used unused artifact and try again, until it fits or nothing
+        unused is left, as SageMaker deletes unused artifacts when an instance's disk fills.
+        """
         where = f"{self.store.url.rstrip('/')}/{target}"
+        while True:
+            try:
+                extracted = await self._download_and_extract(target, name)
+                break
+            except ArtifactNotFound:
+                raise ValidationError(f"Could not find model data at {where} (TargetModel {target})") from None
+            except (StoreError, OSError) as exc:
+                victim = self.cache.delete_least_recently_used(keep=self._busy) if _disk_full(exc) else None
+                if victim is not None:
+                    log.info("disk full while fetching %s; deleted the unused artifact %s", target, victim)
+                    self.metrics.count("DiskCacheEvictions")
+                    continue
+                if isinstance(exc, StoreError):
+                    raise ValidationError(f"Failed to download model data from {where}: {exc}") from None
+                raise
+            except archive.ArchiveError as exc:
+                raise ValidationError(f"Failed to extract model data of TargetModel {target}: {exc}") from None
+        self.cache.add(name, extracted)
+        deleted = self.cache.make_room(0, keep=lambda n: n == name or self._busy(n))
+        self.metrics.count("DiskCacheEvictions", len(deleted))
+
+    async def _download_and_extract(self, target: str, name: str) -> int:
         download = os.path.join(self.cache.root, f".{name}.tar.gz")
         try:
             size = await asyncio.to_thread(self.store.size, target)
             self.cache.make_room(size, keep=self._busy)
             started = time.monotonic()
             await asyncio.to_thread(self.store.fetch, target, download)
-            self.metrics.observe("ModelDownloadingTime", (time.monotonic() - started) * 1000, target)
-            model_dir = self.cache.model_dir(name)
-            extracted = await asyncio.to_thread(archive.extract, download, model_dir, self.max_extracted_bytes)
-        except ArtifactNotFound:
-            raise ValidationError(f"Could not find model data at {where} (TargetModel {target})") from None
-        except StoreError as exc:
-            raise ValidationError(f"Failed to download model data from {where}: {exc}") from None
-        except archive.ArchiveError as exc:
-            raise ValidationError(f"Failed to extract model data of TargetModel {target}: {exc}") from None
+            self.metrics.observe("ModelDownloadingTime", _microseconds(started), target)
+            return await asyncio.to_thread(
+                archive.extract, download, self.cache.model_dir(name), self.max_extracted_bytes
+            )
         finally:
             with contextlib.suppress(OSError):
                 os.remove(download)
-        self.cache.add(name, extracted)
-        deleted = self.cache.make_room(0, keep=lambda n: n == name or self._busy(n))
-        self.metrics.count("DiskCacheEvictions", len(deleted))
 
     def _busy(self, name: str) -> bool:
         return name in self.loaded or name in self._loading
@@ -158,7 +198,7 @@ class Router:
             except ContainerUnavailable as exc:
                 raise ServiceUnavailable(str(exc)) from None
             if reply.status in (200, 409):  # 409: it is loaded already (e.g. after our own restart)
-                self.metrics.observe("ModelLoadingTime", (time.monotonic() - started) * 1000, target)
+                self.metrics.observe("ModelLoadingTime", _microseconds(started), target)
                 self.loaded[name] = Loaded(target)
                 self.metrics.gauge("LoadedModelCount", len(self.loaded))
                 log.info("loaded %s as %s", target, name)
@@ -185,7 +225,7 @@ class Router:
             reply = await self.container.unload(name)
         except ContainerUnavailable as exc:
             raise ServiceUnavailable(str(exc)) from None
-        self.metrics.observe("ModelUnloadingTime", (time.monotonic() - started) * 1000, name)
+        self.metrics.observe("ModelUnloadingTime", _microseconds(started), name)
         self.metrics.gauge("LoadedModelCount", len(self.loaded))
         if reply.status not in (200, 404):
             log.warning("unloading %s answered %d: %s", name, reply.status, reply.message())

@@ -40,9 +40,11 @@ def _show(target: str, limit: int = 120) -> str:
 def check_target(target: str) -> str:
     """Validate a TargetModel: a relative path like ``a/b/model.tar.gz``; returns it normalised.
 
-    Nothing is repaired: every form that would need normalising ('/a', 'a//b',
-    'a/./b', 'a\\b') is refused, so what is returned is the input itself, and the
-    same string names the same file in a folder and the same key in S3.
+    One leading '/' is dropped: SageMaker reads a TargetModel relative to the
+    ModelDataUrl prefix, botocore allows '/sam.tar.gz' and AWS's multi-model
+    examples send it. Nothing else is repaired: every other form that would need
+    normalising ('//a', 'a//b', 'a/./b', 'a\\b') is refused, so the same string
+    names the same file in a folder and the same key in S3.
     """
     if not isinstance(target, str):
         raise InvalidTarget(f"TargetModel must be a string, not {type(target).__name__}")
@@ -59,7 +61,9 @@ def check_target(target: str) -> str:
     if "\\" in target:
         raise InvalidTarget(f"TargetModel {_show(target)} contains a backslash")
     if target.startswith("/"):
-        raise InvalidTarget(f"TargetModel {_show(target)} must be a relative path")
+        target = target[1:]
+    if target.startswith("/") or not target:
+        raise InvalidTarget(f"TargetModel {_show(target)} must be a path relative to the model store")
     for part in target.split("/"):
         if part in ("", ".", ".."):
             raise InvalidTarget(f"TargetModel {_show(target)} has an empty, '.' or '..' path component")
