@@ -19,6 +19,7 @@ from handler import codecs
 from handler.errors import (
     MAX_MESSAGE,
     HandlerError,
+    ModelLoadError,
     ModelOutsideRoot,
     OutOfMemory,
     PredictionError,
@@ -167,6 +168,8 @@ class PyTorchHandler:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings
         self.model = None
+        self.stacking = False
+        """Stack the items of a batch into one forward pass (the model's batch_size > 1, default predict path)."""
 
     def initialize(self, context: Any) -> None:
         """Load the model MMS points at: check the path, install its requirements, pick the device, load, ``eval()``."""
@@ -179,14 +182,29 @@ class PyTorchHandler:
         requirements.prepare(model_dir, settings, getattr(context, "model_name", "?"))
         install_log_target()
 
-        from handler import device, model  # torch is imported when a model loads, not before
+        from handler import device, model, model_config  # torch is imported when a model loads, not before
 
+        config = model_config.read(model_dir)
+        if config.torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(config.torch_threads)
         dev = device.device_for(properties.get("gpu_id"))
         device.admit(model_dir, dev, settings.memory_headroom_mb)
         self.model = model.load(
             model_dir, dev, settings.allow_unsafe_pickle, context, settings.default_accept, settings.program
         )
+        self.stacking = config.batch_size > 1 and ("predict_fn" not in self.model.hooks or config.batch_predict_fn)
+        self._warm_up(config.warmup, context)
         log.info("model %s loaded from %s on %s", getattr(context, "model_name", "?"), model_dir, dev)
+
+    def _warm_up(self, requests: tuple, context: Any) -> None:
+        """Run the config's sample requests through the whole request path once; one that fails fails the load."""
+        for position, request in enumerate(requests):
+            item = Item(request.body, request.content_type, request.accept)
+            self._serve([item])
+            if item.error is not None:
+                raise ModelLoadError(f"torch-mme.json warmup[{position}] failed ({item.error.status}): {item.error}")
 
     def unload(self) -> None:
         """Drop the model and give its memory back (GPU: the allocator's cache too)."""
@@ -198,43 +216,78 @@ class PyTorchHandler:
 
     def preprocess(self, data: list[dict], context: Any) -> list[Item]:
         """Decode every item with its own Content-Type."""
-        items = []
-        for idx, request in enumerate(data):
-            item = Item(
+        items = [
+            Item(
                 _body(request),
                 header(context, idx, "Content-Type"),
                 header(context, idx, "Accept"),
                 RequestContext(context, idx),
             )
-            items.append(item)
+            for idx, request in enumerate(data)
+        ]
+        self._decode(items)
+        return items
+
+    def _decode(self, items: list[Item]) -> None:
+        for item in items:
             if item.body is None:
                 kind = codecs.media_type(item.content_type) or "this request"
                 item.error = UnsupportedContentType(f"no request body found; {kind} is not supported")
             elif "transform_fn" not in self.model.hooks:
                 self._guard(item, lambda it=item: self.model.decode(it.body, it.content_type, it.context), "data")
-        return items
 
     def inference(self, items: list[Item], context: Any) -> list[Item]:
-        """Run the model on every decoded item (``transform_fn`` does the whole request)."""
-        for item in items:
-            if item.error is not None:
-                continue
-            if "transform_fn" in self.model.hooks:
+        """Run the model on every decoded item: stacked where they fit together (``batching``), else one by one
+        (``transform_fn`` does the whole request)."""
+        waiting = [item for item in items if item.error is None]
+        if "transform_fn" in self.model.hooks:
+            for item in waiting:
                 self._guard(
                     item,
                     lambda it=item: self.model.transform(it.body, it.content_type, it.accept, it.context),
                     "prediction",
                 )
-            else:
-                self._guard(item, lambda it=item: self.model.predict(it.data, it.context), "prediction")
+            return items
+        if self.stacking and len(waiting) > 1:
+            from handler import batching  # imports torch: the model's process has it by now
+
+            for group in batching.groups([item.data for item in waiting]):
+                members = [waiting[i] for i in group]
+                if len(members) == 1 or not self._predict_stacked(members):
+                    for item in members:
+                        self._guard(item, lambda it=item: self.model.predict(it.data, it.context), "prediction")
+            return items
+        for item in waiting:
+            self._guard(item, lambda it=item: self.model.predict(it.data, it.context), "prediction")
         return items
+
+    def _predict_stacked(self, members: list[Item]) -> bool:
+        """One forward pass for ``members``; False (nothing stored) when it failed or was not batch-aligned, so
+        each item runs alone and fails, if it does, on its own."""
+        from handler import batching
+
+        first = members[0]
+        try:
+            with first.scope():
+                outputs = batching.run_stacked(
+                    [item.data for item in members], lambda batch: self.model.predict(batch, first.context)
+                )
+        except Exception as exc:  # one item may be the cause: each runs alone and gets its own error
+            log.info("a stacked batch of %d failed (%s); running its items one by one", len(members), exc)
+            return False
+        if outputs is None:
+            log.warning("the model's output is not split by rows; batches run item by item from now on")
+            self.stacking = False
+            return False
+        for item, output in zip(members, outputs, strict=True):
+            item.prediction = output
+        return True
 
     def postprocess(self, items: list[Item], context: Any) -> list[bytes]:
         """Encode every item for its own Accept; errors become their status and a JSON body."""
+        self._encode(items)
         responses = []
         for idx, item in enumerate(items):
-            if item.error is None and "transform_fn" not in self.model.hooks:
-                self._guard(item, lambda it=item: self.model.encode(it.prediction, it.accept, it.context), "prediction")
             if item.error is not None:
                 context.set_response_status(item.error.status, ascii_safe(str(item.error)[:MAX_MESSAGE]), idx)
                 context.set_response_content_type(idx, codecs.JSON)
@@ -244,6 +297,19 @@ class PyTorchHandler:
                 context.set_response_content_type(idx, ascii_safe(content_type))
                 responses.append(body)
         return responses
+
+    def _encode(self, items: list[Item]) -> None:
+        if "transform_fn" in self.model.hooks:
+            return
+        for item in items:
+            if item.error is None:
+                self._guard(item, lambda it=item: self.model.encode(it.prediction, it.accept, it.context), "prediction")
+
+    def _serve(self, items: list[Item]) -> None:
+        """The request path without MMS's context: decode, predict, encode (warm-up requests)."""
+        self._decode(items)
+        self.inference(items, None)
+        self._encode(items)
 
     def handle(self, data: list[dict] | None, context: Any) -> list[bytes] | None:
         if data is None:

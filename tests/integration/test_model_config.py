@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.answers import assert_same_answers
 from tests.integration.conftest import logged_server, write_torchscript
 from torch_mme import processes
 
@@ -74,3 +75,49 @@ def test_admission_refuses_a_model_whose_workers_together_do_not_fit(served):
     assert status == 507, answer
     assert "needs about 2400 MB" in answer["message"]
     assert "twice" not in registered(server)
+
+
+RECORDING = """
+import os
+import torch
+
+class Recording(torch.nn.Module):
+    def __init__(self, log):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(3, 2)
+        self.log = log
+
+    def forward(self, x):
+        with open(self.log, "a") as f:
+            f.write(f"{x.shape[0]}\\n")
+        return self.linear(x)
+
+def model_fn(model_dir):
+    return Recording(os.path.join(model_dir, "forward.log"))
+"""
+
+
+def test_concurrent_requests_are_stacked_by_mms_batching_and_answered_as_alone(served):
+    import concurrent.futures
+
+    server, root = served
+    for name, batch in (("stacked", 8), ("one-by-one", 1)):
+        (root / name / "code").mkdir(parents=True)
+        (root / name / "code" / "inference.py").write_text(RECORDING)
+        (root / name / "torch-mme.json").write_text(json.dumps({"batch_size": batch, "max_batch_delay_ms": 200}))
+        assert server.load(name, str(root / name))[0] == 200
+    bodies = [json.dumps([[i, i + 1, i + 2]] * (1 + i % 3)).encode() for i in range(16)]
+    accepts = ["application/json", "text/csv"] * 8
+
+    def call(name: str, i: int):
+        return server.invoke(name, bodies[i], "application/json", accepts[i])
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        stacked = list(pool.map(lambda i: call("stacked", i), range(16)))
+    alone = [call("one-by-one", i) for i in range(16)]
+    assert_same_answers(stacked, alone)
+    passes = [int(n) for n in (root / "stacked" / "forward.log").read_text().split()]
+    assert sum(passes) == sum(1 + i % 3 for i in range(16))
+    assert len(passes) < 16, passes  # several requests went through one forward pass
+    assert server.unload("stacked") == 200 and server.unload("one-by-one") == 200
