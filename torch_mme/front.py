@@ -42,7 +42,7 @@ from torch_mme import processes
 from torch_mme.admission import MB, Admission
 from torch_mme.httpserver import ByteBudget, QueueFull, Request, Response, error_response, json_response
 from torch_mme.registry import ModelRecord, Registry
-from torch_mme.upstream import Upstream, UpstreamError, UpstreamTimeout
+from torch_mme.upstream import UnsafeRequest, Upstream, UpstreamError, UpstreamTimeout
 from torch_mme.watchdog import Watchdog
 
 log = logging.getLogger("torch_mme.front")
@@ -56,6 +56,9 @@ LOAD_PARAMETERS = ("model_name", "url")
 LIST_PARAMETERS = ("limit", "next_page_token")
 FORWARDED_HEADERS = ("content-type", "accept")
 """Invocation headers MMS receives, besides every ``X-Amzn-SageMaker-*`` one."""
+FORM_TYPES = ("application/x-www-form-urlencoded",)
+"""Bodies MMS's Netty would split into one parameter per field (and ``multipart/*``), with no cap on the
+fields: a 3 MiB one ran Java out of heap. No model reads them; they are 415 before MMS."""
 
 error = error_response
 
@@ -124,6 +127,8 @@ class Front:
         """Route one request; MMS's failures become JSON 502/504."""
         try:
             return await self._dispatch(request)
+        except UnsafeRequest as exc:
+            return error(400, "BadRequest", str(exc))
         except UpstreamTimeout as exc:
             log.error("%s %s: %s", request.method, request.path, exc)
             return error(504, "ModelServerTimeout", str(exc))
@@ -175,7 +180,7 @@ class Front:
         unknown = sorted(set(query) - set(LIST_PARAMETERS))
         if unknown:
             return error(400, "BadRequest", f"ListModels takes only {', '.join(LIST_PARAMETERS)}, not {unknown}")
-        if any(not value.isdigit() or len(value) > 9 for value in query.values()):
+        if any(not re.fullmatch(r"[0-9]{1,9}", value) for value in query.values()):
             return error(400, "BadRequest", "limit and next_page_token must be non-negative integers")
         path = "/models" + (f"?{'&'.join(f'{k}={v}' for k, v in sorted(query.items()))}" if query else "")
         return await self.upstream.request("GET", path, timeout=30.0)
@@ -190,6 +195,12 @@ class Front:
         headers = [
             (k, v) for k, v in request.headers if k.lower() in FORWARDED_HEADERS or k.lower().startswith("x-amzn-")
         ]
+        types = [v for k, v in headers if k.lower() == "content-type"]
+        mime = types[0].split(";", 1)[0].strip().lower() if types else ""
+        if len(types) > 1:
+            return error(400, "BadRequest", "a request has one Content-Type header")
+        if mime in FORM_TYPES or mime.startswith("multipart/"):
+            return error(415, "UnsupportedContentType", f"Content-Type {mime!r} is not supported")
         try:
             held = await self.to_mms.acquire(len(request.body))
         except QueueFull as exc:

@@ -41,6 +41,8 @@ SMALL_BODY = 64 * 2**10
 MAX_HEAD_BYTES = 64 * 2**10
 MAX_HEADERS = 100
 WRITE_HIGH_WATER = 2**20
+MAX_PIPELINED = 16
+"""Complete requests a connection may have waiting behind the one being answered."""
 LINGER_S = 2.0
 """After refusing a body (413, 503), how long its bytes are read and dropped, so the client sees the answer."""
 
@@ -71,6 +73,7 @@ class Request:
     headers: list[tuple[str, str]]
     body: bytes = b""
     keep_alive: bool = True
+    http10: bool = False
     receiving: int = 0
     """Bytes this request holds in the server's receiving budget until it is answered."""
 
@@ -134,10 +137,10 @@ class ByteBudget:
 
     async def acquire(self, n: int) -> int:
         """Reserve ``n`` bytes (returns what to release)."""
+        granted = self.try_acquire(n)
+        if granted:
+            return granted
         n = self._size(n)
-        if not self._waiters and self.used + n <= self.capacity:
-            self.used += n
-            return n
         if len(self._waiters) >= self.max_waiters:
             raise QueueFull(f"{len(self._waiters)} requests are already waiting")
         future = asyncio.get_running_loop().create_future()
@@ -159,6 +162,14 @@ class ByteBudget:
                 self._grant()
             raise
         return n
+
+    def try_acquire(self, n: int) -> int:
+        """Reserve ``n`` bytes now if there is room and nobody waits (returns what to release), else 0."""
+        n = self._size(n)
+        if not self._waiters and self.used + n <= self.capacity:
+            self.used += n
+            return n
+        return 0
 
     def release(self, n: int) -> None:
         self.used -= n
@@ -215,6 +226,7 @@ class _Connection(asyncio.Protocol):
         self.worker: asyncio.Task | None = None
         self.reading = True
         self.reserving = False
+        self.reserve_task: asyncio.Task | None = None
         self.deferred: Response | None = None
         """A refusal found while an answer was being prepared: sent after it, then the connection closes."""
         self._drained: asyncio.Event = asyncio.Event()
@@ -222,6 +234,8 @@ class _Connection(asyncio.Protocol):
         self._reset_message()
 
     def _reset_message(self) -> None:
+        if getattr(self, "reserved", 0):  # never dropped: a reservation goes with its request or back to the budget
+            self.server.receiving.release(self.reserved)
         self.url = b""
         self.headers: list[tuple[str, str]] = []
         self.head_bytes = 0
@@ -246,19 +260,25 @@ class _Connection(asyncio.Protocol):
         self._set_timer(self.limits.idle_timeout_s, None)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.reserve_task is not None and not self.reserve_task.done():
+            self.reserve_task.cancel()  # its place in the queue goes to the next one
         self.closed = True
         self.server.connections.discard(self)
         self._cancel_timer()
         self._release_receiving()
         self._drained.set()
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """Close (after what is buffered is written), or ``abort``: drop it, for a client that does not read."""
         if not self.closed:
             self.closed = True
             self._cancel_timer()
             self._release_receiving()
             if self.transport is not None:
-                self.transport.close()
+                if abort:
+                    self.transport.abort()
+                else:
+                    self.transport.close()
 
     def _release_receiving(self) -> None:
         """Give back the receiving budget this connection holds: the body being read and any request not answered."""
@@ -282,7 +302,10 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse(400, "BadRequest", "protocol upgrades are not supported")
+            if self.pending or self.worker is not None:
+                self.discarding = True  # the request is answered (Connection: close); what follows is not HTTP/1.1
+            else:
+                self._refuse(400, "BadRequest", "protocol upgrades are not supported")
         except httptools.HttpParserError as exc:
             if not self.discarding and not self.closed:
                 self._refuse(400, "BadRequest", f"malformed HTTP request: {_short(exc)}")
@@ -348,17 +371,22 @@ class _Connection(asyncio.Protocol):
             return
         expects = any(k.lower() == "expect" and v.lower() == "100-continue" for k, v in self.headers)
         needed = declared if declared is not None else (self.limits.max_body_bytes if chunked else 0)
-        if needed > SMALL_BODY:
+        if needed > SMALL_BODY and (granted := self.server.receiving.try_acquire(needed)):
+            self.reserved = granted
+            if expects:
+                self._write_raw(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._message_timer()
+        elif needed > SMALL_BODY:
             self._cancel_timer()  # waiting for room has its own bound (the budget's queue timeout)
             self._pause_reading()
-            self.loop.create_task(self._reserve_and_read(needed, expects))
+            self.reserving = True
+            self.reserve_task = self.loop.create_task(self._reserve_and_read(needed, expects))
         else:
             if expects and needed:
                 self._write_raw(b"HTTP/1.1 100 Continue\r\n\r\n")
             self._message_timer()
 
     async def _reserve_and_read(self, needed: int, expects: bool) -> None:
-        self.reserving = True
         try:
             self.reserved = await self.server.receiving.acquire(needed)
         except QueueFull as exc:
@@ -384,6 +412,17 @@ class _Connection(asyncio.Protocol):
         self.body.append(data)
 
     def on_message_complete(self) -> None:
+        if self.reserve_task is not None and not self.reserve_task.done():
+            self.reserve_task.cancel()  # the body arrived in the same read: no room to wait for (ByteBudget undoes it)
+            self.reserving = False
+        self.reserve_task = None
+        if len(self.pending) >= MAX_PIPELINED:
+            self._reset_message()  # gives back what this one reserved; those queued are still answered
+            self._refuse(400, "BadRequest", f"more than {MAX_PIPELINED} pipelined requests")
+            raise httptools.HttpParserError("stop")  # ends this read; the refusal follows the queued answers
+        if self.reserved > max(self.body_bytes, 1):  # chunked: the limit was reserved, the body is known now
+            self.server.receiving.release(self.reserved - max(self.body_bytes, 1))
+            self.reserved = max(self.body_bytes, 1)
         raw = self.url
         path, _, query = raw.partition(b"?")
         request = Request(
@@ -392,9 +431,11 @@ class _Connection(asyncio.Protocol):
             query=query.decode("latin-1"),
             headers=self.headers,
             body=self.body[0] if len(self.body) == 1 else b"".join(self.body),
-            keep_alive=self.parser.should_keep_alive(),
+            keep_alive=self.parser.should_keep_alive() and not self.parser.should_upgrade(),
+            http10=self.parser.get_http_version() == "1.0",
             receiving=self.reserved,
         )
+        self.reserved = 0  # the request holds it now
         self._reset_message()
         self.pending.append(request)
         self._cancel_timer()
@@ -418,12 +459,19 @@ class _Connection(asyncio.Protocol):
                         self.server.receiving.release(request.receiving)
                 if self.closed:
                     return
+                if keep_alive and request.http10:  # a 1.0 client assumes a close unless told otherwise
+                    response.headers.append(("Connection", "keep-alive"))
                 self._write_response(response, keep_alive, head_only=request.method == "HEAD")
                 if not keep_alive:
                     self.close()
                     return
                 if not self._drained.is_set():
-                    await self._drained.wait()
+                    try:
+                        await asyncio.wait_for(self._drained.wait(), self.limits.idle_timeout_s)
+                    except asyncio.TimeoutError:
+                        log.warning("closing a connection whose client does not read its answers")
+                        self.close(abort=True)
+                        return
         finally:
             self.worker = None
         if self.deferred is not None and not self.closed:
@@ -485,7 +533,7 @@ class _Connection(asyncio.Protocol):
             with contextlib.suppress(OSError, RuntimeError):
                 self.transport.write_eof()
         self._cancel_timer()
-        self.timer = self.loop.call_later(LINGER_S, self.close)
+        self.timer = self.loop.call_later(LINGER_S, self.close, True)  # unread by then: dropped
 
     def _pause_reading(self) -> None:
         if self.reading and self.transport is not None and not self.closed:

@@ -220,3 +220,61 @@ def test_the_mms_client_refuses_what_could_be_read_as_a_second_request(method, p
 
 def test_the_mms_client_accepts_what_the_front_sends():
     check_request("POST", "/models/m-1.v2_x/invoke", [("Content-Type", "application/json; q=0.5"), ("Accept", "*/*")])
+
+
+def test_bodies_reserved_in_the_read_that_completes_them_give_the_budget_back():
+    """Found by review: a >64 KiB body arriving with its head leaked its reservation on keep-alive connections."""
+    with Running(LIMITS) as running:
+        body = b"x" * 100_000
+        request = b"POST /b HTTP/1.1\r\nContent-Length: 100000\r\n\r\n" + body
+        with socket.create_connection(("127.0.0.1", running.port), timeout=5) as sock:
+            for _ in range(20):
+                sock.sendall(request)
+                answer = b""
+                while not answer.endswith(body):
+                    answer += sock.recv(262144)
+        time.sleep(0.2)
+        assert running.server.receiving.used == 0
+        chunked = b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        assert exchange(running.port, chunked).endswith(b"POST /c hello")
+        assert running.server.receiving.used == 0
+
+
+def test_a_client_that_never_reads_its_answers_is_closed():
+    with Running(LIMITS) as running:
+        with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            request = b"POST /p HTTP/1.1\r\nContent-Length: 60000\r\n\r\n" + b"y" * 60000
+            sock.settimeout(0.5)
+            sent = 0
+            deadline = time.monotonic() + 8
+            closed = False
+            while time.monotonic() < deadline:
+                try:
+                    sent += sock.send(request)
+                except TimeoutError:
+                    time.sleep(0.1)
+                except (BrokenPipeError, ConnectionResetError):
+                    closed = True
+                    break
+                if not running.server.connections:
+                    closed = True
+                    break
+        assert closed, "the server kept a connection whose client never read"
+
+
+def test_an_upgrade_request_is_answered_and_closed_and_pipelining_is_capped():
+    with Running(LIMITS) as running:
+        answer = exchange(running.port, b"GET /u HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\nPRI * HTTP/2.0")
+        assert answer.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in answer
+        assert b"400" not in answer.split(b"\r\n", 1)[0] and answer.count(b"HTTP/1.1 ") == 1
+        many = b"GET /x HTTP/1.1\r\n\r\n" * 40
+        answer = exchange(running.port, many)
+        assert answer.count(b"HTTP/1.1 200 OK") <= 17
+        assert b"pipelined requests" in answer
+
+
+def test_an_http10_keep_alive_client_is_told_the_connection_stays():
+    with Running(LIMITS) as running:
+        answer = exchange(running.port, b"GET /k HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", until_close=False)
+        assert b"Connection: keep-alive" in answer

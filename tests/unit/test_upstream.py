@@ -87,3 +87,34 @@ def test_the_front_answers_only_the_contracts_routes(tmp_path):
         response = asyncio.run(front.handle(Request(method, path, "", [])))
         assert response.status == status, (method, path, response.body)
     assert upstream.calls == []
+
+
+def test_bodies_mms_would_split_into_fields_and_unsafe_values_are_refused_before_mms(tmp_path):
+    """Found by review: MMS's Netty splits form and multipart bodies into uncapped fields (Java ran out of
+    heap), and values the MMS client refuses were a 500 with a traceback."""
+
+    class Recording(Upstream):
+        calls: list = []
+
+        async def request(self, method, path, headers=None, body=b"", **kwargs):
+            from torch_mme.upstream import check_request
+
+            check_request(method, path, headers or [])
+            self.calls.append((method, path))
+            return Response(200, [], b"{}")
+
+    upstream = Recording(str(tmp_path / "s"))
+    front = Front(Settings(models_root=str(tmp_path)), upstream)
+    cases = [
+        ("POST", "/models/m/invoke", "", [("Content-Type", "application/x-www-form-urlencoded")], 415),
+        ("POST", "/models/m/invoke", "", [("Content-Type", "multipart/form-data; boundary=x")], 415),
+        ("POST", "/models/m/invoke", "", [("Content-Type", "application/json"), ("content-type", "text/csv")], 400),
+        ("POST", "/models/m/invoke", "", [("X-Amzn-SageMaker-Custom-Attributes", "a" * 9000)], 400),
+        ("GET", "/models", "limit=\u0663", [], 400),
+        ("GET", "/models", "next_page_token=%C2%B2", [], 400),
+    ]
+    for method, path, query, headers, status in cases:
+        response = asyncio.run(front.handle(Request(method, path, query, headers, b"a=1&b=2")))
+        assert response.status == status, (headers, query, response.body)
+        assert json.loads(response.body)["code"] == status
+    assert upstream.calls == []
