@@ -30,6 +30,12 @@ class BadRequest(HandlerError):
     status = 400
 
 
+class PayloadTooLarge(HandlerError):
+    """The decoded body would be larger than the decoders allow (413; see ``Settings.max_decoded_bytes``)."""
+
+    status = 413
+
+
 class UnsupportedContentType(HandlerError):
     status = 415
 
