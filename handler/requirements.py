@@ -237,6 +237,7 @@ _KNOWN_OPTIONS = (*_FILE_OPTIONS, *_PATH_OPTIONS, *_FETCH_OPTIONS, *_HARMLESS_OP
 _ENV_VARIABLE = re.compile(r"\$\{[A-Z0-9_]+\}")
 """pip expands ``${NAME}`` from its environment in requirements files: a model could send the server's secrets."""
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 
 def check_requirements(code_dir: str) -> None:
@@ -313,7 +314,7 @@ def _check_line(line: str, base: str, real_code: str, depth: int) -> None:
     while i < len(options):
         name, value, i = _option(options, i, has_requirement=bool(requirement))
         if name in _FILE_OPTIONS:
-            if _URL.match(value):
+            if _SCHEME.match(value):  # pip reads 'file:/etc/x' as a URL, even if code/file:/etc/x exists
                 raise DependencyInstallError(f"{name} must name a file inside code/, not a URL")
             target = os.path.join(base, os.path.expanduser(value))
             if not _inside(os.path.realpath(target), real_code):

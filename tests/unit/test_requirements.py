@@ -463,6 +463,7 @@ def canary(tmp_path: Path) -> Path:
         "--constraint={secret}",
         "-r ../../outside/shadow",
         "-r file://{secret}",
+        "-r file:{secret}",  # a URL to pip, whatever code/ holds
         "-r https://example.invalid/requirements.txt",
         "{secret}",
         "tmmepkg @ file://{secret}",
@@ -500,6 +501,17 @@ def test_an_included_file_inside_code_may_not_include_one_outside(models_root, d
     model = model_with_requirements(models_root, "m1", "-r base.txt\n")
     (model / "code" / "base.txt").write_text(f"tmmepkg==1.0\n-c {canary}\n")
     with pytest.raises(DependencyInstallError, match="code/base.txt line 2") as caught:
+        requirements.ensure_installed(str(model / "code"), deps_settings, "m1")
+    assert "CANARY" not in str(caught.value)
+    assert len(pip_calls) == 0
+
+
+def test_a_file_url_include_is_refused_even_when_code_holds_that_path(models_root, deps_settings, pip_calls, canary):
+    model = model_with_requirements(models_root, "m1", f"-r file:{canary}\n")
+    shadow = model / "code" / f"file:{canary}"  # code/file:/tmp/.../shadow: a harmless file inside code/
+    shadow.parent.mkdir(parents=True)
+    shadow.write_text("tmmepkg==1.0\n")
+    with pytest.raises(DependencyInstallError, match="not a URL") as caught:
         requirements.ensure_installed(str(model / "code"), deps_settings, "m1")
     assert "CANARY" not in str(caught.value)
     assert len(pip_calls) == 0
