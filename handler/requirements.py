@@ -236,7 +236,6 @@ _FLAGS = ("--no-index", "--pre", "--prefer-binary", "--require-hashes")
 _KNOWN_OPTIONS = (*_FILE_OPTIONS, *_PATH_OPTIONS, *_FETCH_OPTIONS, *_HARMLESS_OPTIONS, *_FLAGS)
 _ENV_VARIABLE = re.compile(r"\$\{[A-Z0-9_]+\}")
 """pip expands ``${NAME}`` from its environment in requirements files: a model could send the server's secrets."""
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 
@@ -321,7 +320,7 @@ def _check_line(line: str, base: str, real_code: str, depth: int) -> None:
                 raise DependencyInstallError(f"{name} names a file outside the model's code/ folder")
             _check_file(target, real_code, depth + 1)
         elif name in _PATH_OPTIONS:
-            if _URL.match(value) or value.lower().startswith("file:"):
+            if _SCHEME.match(value):
                 if name == "--find-links" or _is_file_url(value):
                     _check_url(value, real_code, name)
                 continue  # --editable git+https://...: a source like any direct URL requirement
@@ -366,8 +365,8 @@ def _option(options: list[str], i: int, has_requirement: bool) -> tuple[str, str
 def _check_requirement(requirement: str, real_code: str) -> None:
     """A requirement given as a local path or a ``file:`` URL must be inside code/ (names and other URLs are fine)."""
     spec = requirement.split(";", 1)[0].strip()
-    url = spec.split("@", 1)[1].strip() if "@" in spec and not _URL.match(spec) else spec
-    if _URL.match(url) or url.lower().startswith("file:"):
+    url = spec.split("@", 1)[1].strip() if "@" in spec and not _SCHEME.match(spec) else spec
+    if _SCHEME.match(url):
         if _is_file_url(url):
             _check_url(url, real_code, "a file: URL")
         return

@@ -467,6 +467,8 @@ def canary(tmp_path: Path) -> Path:
         "-r https://example.invalid/requirements.txt",
         "{secret}",
         "tmmepkg @ file://{secret}",
+        "git+file:{folder}#egg=tmmepkg",
+        "-f ftp:wheels",
         "-e {folder}",
         "--find-links {folder}",
         "-f file://{folder}",
