@@ -67,18 +67,27 @@ def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
-    if len(header) != 4 or len(fds) != 3:
-        raise ValueError("malformed request")
-    (size,) = struct.unpack("!I", header)
-    if size > MAX_REQUEST:
-        raise ValueError("request too large")
-    payload = b""
-    while len(payload) < size:
-        chunk = conn.recv(size - len(payload))
-        if not chunk:
-            raise ValueError("truncated request")
-        payload += chunk
-    return json.loads(payload), list(fds)
+    try:
+        if len(header) != 4 or len(fds) != 3:
+            raise ValueError("malformed request")
+        (size,) = struct.unpack("!I", header)
+        if size > MAX_REQUEST:
+            raise ValueError("request too large")
+        payload = b""
+        while len(payload) < size:
+            chunk = conn.recv(size - len(payload))
+            if not chunk:
+                raise ValueError("truncated request")
+            payload += chunk
+        try:
+            request = json.loads(payload)
+        except RecursionError:  # a request nested thousands deep must not end the template
+            raise ValueError("request nested too deeply") from None
+    except BaseException:
+        for fd in fds:  # the descriptors it sent are ours now: close them
+            os.close(fd)
+        raise
+    return request, list(fds)
 
 
 class Refused(Exception):

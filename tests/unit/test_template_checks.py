@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import array
 import os
 import socket
+import struct
 import subprocess
 import sys
 
@@ -74,3 +76,17 @@ def test_the_template_will_not_listen_in_a_folder_others_can_reach(tmp_path, mod
     link.symlink_to(folder)
     with pytest.raises(SystemExit):
         template.check_private_folder(str(link))
+
+
+@pytest.mark.parametrize(
+    "payload", [b"[" * 100_000, b"not json", b'{"argv": '], ids=["nested-100000", "garbage", "truncated-json"]
+)
+def test_a_bad_request_is_a_value_error_and_its_descriptors_are_closed(payload):
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with left, right:
+        before = len(os.listdir("/proc/self/fd"))
+        fds = array.array("i", [0, 1, 2])
+        right.sendmsg([struct.pack("!I", len(payload)), payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+        with pytest.raises(ValueError):  # was a RecursionError for the nested one: the template died
+            template._receive(left)
+        assert len(os.listdir("/proc/self/fd")) == before
