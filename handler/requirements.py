@@ -63,6 +63,15 @@ kills a worker whose load outlives ``timeout_s``). A failure raises
 ``DependencyInstallError`` with pip's ERROR lines; its full output goes to the
 log. ``TORCH_MME_INSTALL_REQUIREMENTS=false`` turns all of it off.
 
+A model may only name what is inside its own ``code/`` folder, and may not
+choose where pip fetches from (``check_requirements``, before pip or the key
+reads anything): an include, constraint, editable, find-links or local path
+outside ``code/``, any index or trusted-host option, ``${VARIABLE}`` and
+options other than ``--no-index``, ``--pre``, ``--prefer-binary``,
+``--require-hashes``, ``--only-binary``, ``--no-binary`` and ``--hash`` fail
+LoadModel naming the line. Requirements by name or by http(s)/VCS URL are
+fetched as pip's configuration (or ``TORCH_MME_PIP_INDEX``) says.
+
 Limits: files named by a requirement as a local path (``./pkg``) are not part
 of the key (ship wheels in ``code/wheels/`` instead); the wheelhouse's content
 is not either; installed console scripts carry the temporary folder's path in
