@@ -24,8 +24,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from handler.errors import BadRequest, HandlerError, NotAcceptable, PayloadTooLarge, UnsupportedContentType
-from handler.settings import Settings
+from handler.errors import BadRequest, NotAcceptable, UnsupportedContentType
 
 JSON = "application/json"
 CSV = "text/csv"
@@ -116,7 +115,7 @@ def _decode_npy(body: bytes, limit: int) -> np.ndarray:
     try:
         _check_npy_header(io.BytesIO(body), limit, "body")
         array = np.load(io.BytesIO(body), allow_pickle=False)
-    except HandlerError:
+    except BadRequest:  # ours (PayloadTooLarge is one too), not numpy's
         raise
     except Exception as exc:  # numpy raises ValueError, OSError, EOFError... for a bad file
         raise BadRequest(f"body is not a valid .npy array: {exc}") from None
@@ -146,7 +145,7 @@ def _decode_npz(body: bytes, limit: int) -> dict[str, np.ndarray]:
                     left -= _check_npy_header(stream, left, f"member {name!r}")
                 with archive.open(member) as stream:
                     arrays[name] = np.lib.format.read_array(stream, allow_pickle=False)
-    except HandlerError:
+    except BadRequest:  # ours (PayloadTooLarge is one too), not numpy's
         raise
     except Exception as exc:  # zipfile and numpy raise BadZipFile, ValueError, OSError, EOFError...
         raise BadRequest(f"body is not a valid .npz archive: {exc}") from None
@@ -172,6 +171,8 @@ def _check_npy_header(stream: BinaryIO, limit: int, what: str) -> int:
 
 def _check_size(elements: int, itemsize: int, limit: int, what: str) -> int:
     """``elements * itemsize`` bytes, refused with 413 when over ``limit`` (before anything is allocated)."""
+    from handler.errors import PayloadTooLarge
+
     size = elements * itemsize
     if size > limit:
         raise PayloadTooLarge(
@@ -215,7 +216,11 @@ def decode(body: bytes, content_type: str | None, limit: int | None = None) -> n
     decoder = DECODERS.get(kind)
     if decoder is None:
         raise UnsupportedContentType(f"Content-Type {kind!r} is not supported; use one of {sorted(DECODERS)}")
-    return decoder(body, Settings.from_env().max_decoded_bytes if limit is None else limit)
+    if limit is None:
+        from handler.settings import Settings
+
+        limit = Settings.from_env().max_decoded_bytes
+    return decoder(body, limit)
 
 
 def to_numpy(value: Any) -> Any:

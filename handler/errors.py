@@ -30,8 +30,11 @@ class BadRequest(HandlerError):
     status = 400
 
 
-class PayloadTooLarge(HandlerError):
-    """The decoded body would be larger than the decoders allow (413; see ``Settings.max_decoded_bytes``)."""
+class PayloadTooLarge(BadRequest):
+    """The body would decode to more than the decoders allow (413; ``Settings.max_decoded_bytes``).
+
+    A BadRequest with its own status: whatever handles a body the client got wrong handles this one too.
+    """
 
     status = 413
 
