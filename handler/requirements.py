@@ -51,7 +51,7 @@ and a package with a torch-pinned dependency (torchvision) resolves to a
 version that fits the installed torch.
 
 Sources, in order: ``code/wheels/`` and the container's wheelhouse
-(``TORCH_MME_WHEELHOUSE``) with ``--no-index``; if something is not there and
+(``TORCH_MME_WHEELHOUSE``) with ``--no-index``; if that fails (whatever pip says) and
 ``TORCH_MME_PIP_INDEX`` is not ``off``, again with the index (pip's own
 configuration, or that URL) plus those folders as find-links. Each attempt
 installs into a fresh temporary sibling ``.tmp-<key>-...``; on success a
@@ -120,7 +120,6 @@ LOAD_MARGIN_S = 5
 """Part of the load's timeout left for importing the model after pip, when that timeout bounds pip."""
 MAX_REASON = 600
 _OFF = {"off", "false", "0", "no", "none"}
-_NOT_THERE = ("No matching distribution found", "Could not find a version that satisfies", "ResolutionImpossible")
 _INCLUDE = re.compile(r"^(-r|--requirement|-c|--constraint)(?:\s*=?\s*)(\S+)$")
 _COMMENT = re.compile(r"(^|\s+)#.*$")
 _DROPPED_PIP_ENV = ("PIP_TARGET", "PIP_PREFIX", "PIP_ROOT", "PIP_USER", "PIP_EDITABLE")
@@ -580,8 +579,8 @@ def _install(code_dir: str, final: str, settings: Settings, deadline: float, mod
                 f" ({done[-1]})" if done else " (all already satisfied)",
             )
             return Deps(final, site_packages, installed=True)
-        if n + 1 < len(attempts) and any(marker in output for marker in _NOT_THERE):
-            log.info("requirements of %s not all found locally; trying the index:\n%s", model_name, output)
+        if n + 1 < len(attempts):  # whatever pip's words: they change between its versions
+            log.info("requirements of %s not installed from local wheels; trying the index:\n%s", model_name, output)
             continue
         log.error("pip failed for %s:\n%s", model_name, output)
         raise DependencyInstallError(f"code/{REQUIREMENTS} could not be installed: {pip_reason(output, pins)}")

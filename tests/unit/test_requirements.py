@@ -306,6 +306,23 @@ def test_the_index_is_tried_after_the_local_wheels_unless_it_is_off(models_root,
     assert "--find-links" in pip_calls.commands[2]
 
 
+def test_the_index_is_tried_whatever_pip_says_when_the_local_wheels_fail(models_root, deps_settings, monkeypatch):
+    """The retry used to depend on pip's wording ('No matching distribution found', ...)."""
+    calls: list[list[str]] = []
+
+    def pip_in_other_words(command, cwd, deadline):
+        calls.append(command)
+        return 1, "ERROR: pip put it differently this time\n"
+
+    monkeypatch.setattr(requirements, "_run", pip_in_other_words)
+    model = model_with_requirements(models_root, "m1", f"{MISSING}\n", {"tmmepkg": "1.0"})
+    with pytest.raises(DependencyInstallError, match="pip put it differently"):
+        requirements.ensure_installed(
+            str(model / "code"), deps_settings.with_overrides(pip_index="https://example.invalid/simple"), "m1"
+        )
+    assert len(calls) == 2 and "--no-index" in calls[0] and "--index-url" in calls[1]
+
+
 def test_concurrent_loads_with_the_same_requirements_install_once(models_root, deps_settings, pip_calls):
     models = [model_with_requirements(models_root, f"m{i}", "tmmepkg==1.0\n", {"tmmepkg": "1.0"}) for i in range(3)]
     results, errors = [], []
