@@ -135,16 +135,25 @@ target_flags() {
   printf '%s\n' --platform manylinux2014_x86_64
 }
 
+# A private folder (mktemp -d: unpredictable name, mode 0700) for the requirements file and pip's
+# logs, made on first use and removed at exit however the script ends. Not a fixed name in /tmp:
+# another user could create it first (a symlink) and have this script write through it.
+WORK=""
+make_work_dir() {
+  [ -z "$WORK" ] || return 0
+  WORK="$(mktemp -d "${TMPDIR:-/tmp}/torch-mme-build.XXXXXXXXXX")"
+  trap 'rm -rf "$WORK"' EXIT
+}
+
 # setup.py's install_requires as a requirements file (written once, removed at exit)
-REQUIREMENTS="${TMPDIR:-/tmp}/torch-mme-requirements.$$.txt"
-REQUIREMENTS_WRITTEN=0
+REQUIREMENTS=""
 write_requirements() {
-  [ "$REQUIREMENTS_WRITTEN" = 0 ] || return 0
-  REQUIREMENTS_WRITTEN=1
+  [ -z "$REQUIREMENTS" ] || return 0
+  make_work_dir
+  REQUIREMENTS="$WORK/requirements.txt"
   if [ "$DRY_RUN" = 1 ]; then
     echo "+ $PYTHON $ROOT/container/requirements.py $ROOT/setup.py > $REQUIREMENTS"
   else
-    trap 'rm -rf "$REQUIREMENTS" "$REQUIREMENTS.target"' EXIT
     "$PYTHON" "$ROOT/container/requirements.py" "$ROOT/setup.py" >"$REQUIREMENTS"
   fi
 }
@@ -193,8 +202,7 @@ fill_wheelhouse() {
   else
     run "$PYTHON" -m pip download --dest "$WHEELHOUSE" "${flags[@]}" --index-url "$TORCH_INDEX_URL" "torch==$TORCH_VERSION"
   fi
-  local log missing
-  log="$(mktemp)"
+  local log="$WORK/pip-download.log" missing
   for _ in 1 2 3 4 5 6; do
     if [ "$DRY_RUN" = 1 ]; then
       show "$PYTHON" -m pip download --dest "$WHEELHOUSE" --find-links "$WHEELHOUSE" "${flags[@]}" "torch==$TORCH_VERSION" -r "$REQUIREMENTS"
@@ -222,17 +230,20 @@ check_wheelhouse() {
   local quiet="${1:-}" flags log
   write_requirements
   mapfile -t flags < <(target_flags)
-  local check=("$PYTHON" -m pip --isolated install --dry-run --ignore-installed --no-index --find-links "$WHEELHOUSE"
-    "${flags[@]}" --target "$REQUIREMENTS.target" "torch==$TORCH_VERSION" -r "$REQUIREMENTS")
+  # only the wheelhouse, whatever pip is configured with: PIP_CONFIG_FILE=/dev/null makes pip skip every
+  # configuration file (--isolated alone still reads the global one, whose find-links or constraints
+  # would answer for the wheelhouse) and --isolated ignores the PIP_* environment variables
+  local check=(env PIP_CONFIG_FILE=/dev/null "$PYTHON" -m pip --isolated install --dry-run --ignore-installed
+    --no-index --find-links "$WHEELHOUSE" "${flags[@]}" --target "$WORK/target" "torch==$TORCH_VERSION"
+    -r "$REQUIREMENTS")
   if [ "$DRY_RUN" = 1 ]; then
     [ -n "$quiet" ] && return 1 # as if incomplete: show the fill's commands too
     show "${check[@]}"
     return
   fi
-  log="$(mktemp)"
+  log="$WORK/pip-check.log"
   if ! "${check[@]}" >"$log" 2>&1; then
     if [ -n "$quiet" ]; then
-      rm -f "$log"
       return 1
     fi
     local missing needed

@@ -11,6 +11,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import subprocess
 import time
 import warnings
@@ -180,11 +181,15 @@ def time_inproc(model: handler_model.Model, body: bytes, calls: int) -> list[flo
     return samples
 
 
+_TRACEBACK = re.compile(rb'Traceback \(most recent call last\)|File \\?"[^"\n]*\\?", line \d+')
+"""What a Python traceback prints (also JSON-escaped): its header, or a frame line."""
+
+
 def json_error_problem(status: int, body: bytes) -> str | None:
     """Why ``body`` is not a short one-line JSON error for ``status`` (``{"code", "message"}``, no traceback)."""
     if len(body) >= 4096:
         return "longer than 4 kB"
-    if b"Traceback" in body or b'File "' in body:
+    if _TRACEBACK.search(body):  # the words alone may be the client's own (a CSV cell 'Traceback', quoted back)
         return "carries a traceback"
     try:
         payload = json.loads(body)

@@ -3,14 +3,24 @@
 Decoding turns a request body into a numpy array (or a dict of arrays for
 ``.npz``); encoding turns a result into bytes for the first acceptable type
 in the Accept header. Bodies are never unpickled.
+
+Every decoder bounds what it allocates before allocating it: the bytes of the
+decoded arrays (from a JSON or CSV element count, an ``.npy`` header, an
+``.npz`` zip directory and each member's ``.npy`` header, all read before
+anything is decompressed) may not exceed ``Settings.max_decoded_bytes``
+(``TORCH_MME_MAX_DECODED_RATIO`` x ``SAGEMAKER_MAX_PAYLOAD_IN_MB``): beyond it
+413. JSON nested deeper than :data:`MAX_JSON_DEPTH` is 400.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
-from typing import Any
+import math
+import re
+import zipfile
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -24,37 +34,91 @@ ANY = "*/*"
 UTF8_TYPES = (JSON, CSV)
 """Bodies the toolkit decodes to ``str`` before ``input_fn``/``transform_fn`` (``content_types.UTF8_TYPES``)."""
 
+MAX_JSON_DEPTH = 32
+"""Deepest JSON nesting decoded: numpy 1.x makes arrays of at most 32 dimensions (a deeper body made
+``json.loads`` recurse until RecursionError, answered 500)."""
+_DEPTH_CHUNK = 2**20
+_BRACKET_STEP = np.zeros(256, dtype=np.int8)
+_BRACKET_STEP[[ord("["), ord("{")]] = 1
+_BRACKET_STEP[[ord("]"), ord("}")]] = -1
+_LINE = re.compile(r"[^\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]+")
+
 
 def media_type(header: str | None) -> str:
     """``'Application/JSON; charset=utf-8'`` -> ``'application/json'``; empty for None."""
     return (header or "").split(";", 1)[0].strip().lower()
 
 
-def _decode_json(body: bytes) -> np.ndarray:
+def _decode_json(body: bytes, limit: int) -> np.ndarray:
+    depth = _json_depth(body)
+    if depth > MAX_JSON_DEPTH:
+        raise BadRequest(f"JSON body is nested {depth} deep; a tensor has at most {MAX_JSON_DEPTH} dimensions")
+    _check_size(body.count(b",") + 1, 4, limit, "JSON array")  # at most one element per comma, plus one
     try:
         value = json.loads(body)
+    except RecursionError:  # nesting hidden from the count inside strings
+        raise BadRequest(f"JSON body is nested more than {MAX_JSON_DEPTH} deep") from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise BadRequest(f"body is not valid JSON: {exc}") from None
     return _numeric_array(value, "JSON")
 
 
-def _decode_csv(body: bytes) -> np.ndarray:
+def _json_depth(body: bytes) -> int:
+    """The deepest bracket nesting of ``body``, counted over its bytes without parsing (1 MiB at a time).
+
+    Brackets inside strings are counted too: a numeric array holds no strings,
+    and ``json.loads`` still guards against what this miscounts (RecursionError).
+    """
+    depth = deepest = 0
+    for start in range(0, len(body), _DEPTH_CHUNK):
+        raw = np.frombuffer(body, dtype=np.uint8, count=min(_DEPTH_CHUNK, len(body) - start), offset=start)
+        steps = _BRACKET_STEP[raw]
+        if not steps.any():
+            continue
+        levels = np.cumsum(steps, dtype=np.int64) + depth
+        deepest = max(deepest, int(levels.max()))
+        depth = int(levels[-1])
+    return deepest
+
+
+def _decode_csv(body: bytes, limit: int) -> np.ndarray:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("CSV body is not UTF-8 text") from None
-    rows = [line.split(",") for line in text.splitlines() if line.strip()]
-    if rows and any(len(r) != len(rows[0]) for r in rows):
-        raise BadRequest("CSV rows have different numbers of columns")
+    # two passes over the lines, never a list of them: count rows and columns, allocate once, fill row by row
+    rows, columns = 0, 0
+    for line in _csv_lines(text):
+        cells = line.count(",") + 1
+        if rows and cells != columns:
+            raise BadRequest("CSV rows have different numbers of columns")
+        rows, columns = rows + 1, cells
+    if not rows:
+        return np.array([], dtype=np.float32)
+    _check_size(rows * columns, 4, limit, "CSV table")
+    array = np.empty((rows, columns), dtype=np.float32)
     try:
-        return np.array([[float(cell) for cell in row] for row in rows], dtype=np.float32)
+        for i, line in enumerate(_csv_lines(text)):
+            array[i] = [float(cell) for cell in line.split(",")]
     except ValueError as exc:
         raise BadRequest(f"CSV holds a value that is not a number: {exc}") from None
+    return array
 
 
-def _decode_npy(body: bytes) -> np.ndarray:
+def _csv_lines(text: str) -> Iterator[str]:
+    """The non-blank lines of ``text``, split where ``str.splitlines`` splits, one at a time."""
+    for match in _LINE.finditer(text):
+        line = match.group()
+        if line.strip():
+            yield line
+
+
+def _decode_npy(body: bytes, limit: int) -> np.ndarray:
     try:
+        _check_npy_header(io.BytesIO(body), limit, "body")
         array = np.load(io.BytesIO(body), allow_pickle=False)
+    except BadRequest:  # ours (PayloadTooLarge is one too), not numpy's
+        raise
     except Exception as exc:  # numpy raises ValueError, OSError, EOFError... for a bad file
         raise BadRequest(f"body is not a valid .npy array: {exc}") from None
     if not isinstance(array, np.ndarray):
@@ -63,17 +127,61 @@ def _decode_npy(body: bytes) -> np.ndarray:
     return array
 
 
-def _decode_npz(body: bytes) -> dict[str, np.ndarray]:
+def _decode_npz(body: bytes, limit: int) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz``, each member's size checked before a byte of it is decompressed.
+
+    The zip directory declares what each member decompresses to (``zipfile``
+    never reads a member past that), and each member's ``.npy`` header declares
+    its array: both are checked against ``limit`` first, so a small archive of
+    zeros that would decompress to gigabytes is refused with nothing allocated.
+    """
+    arrays: dict[str, np.ndarray] = {}
     try:
-        with np.load(io.BytesIO(body), allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except Exception as exc:
+        with zipfile.ZipFile(io.BytesIO(body)) as archive:
+            members = archive.infolist()
+            _check_size(sum(m.file_size for m in members), 1, limit, ".npz archive's members")
+            left = limit
+            for member in members:
+                name = member.filename[:-4] if member.filename.endswith(".npy") else member.filename
+                with archive.open(member) as stream:
+                    left -= _check_npy_header(stream, left, f"member {name!r}")
+                with archive.open(member) as stream:
+                    arrays[name] = np.lib.format.read_array(stream, allow_pickle=False)
+    except BadRequest:  # ours (PayloadTooLarge is one too), not numpy's
+        raise
+    except Exception as exc:  # zipfile and numpy raise BadZipFile, ValueError, OSError, EOFError...
         raise BadRequest(f"body is not a valid .npz archive: {exc}") from None
     if not arrays:
         raise BadRequest(".npz archive holds no arrays")
     for array in arrays.values():
         _check_numeric(array)
     return arrays
+
+
+def _check_npy_header(stream: BinaryIO, limit: int, what: str) -> int:
+    """Read a ``.npy`` header from ``stream``; refuses a non-numeric dtype or an array over ``limit``; its bytes."""
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+    else:  # 3.0 only adds UTF-8 field names, for structured dtypes, which are not numeric
+        raise ValueError(f"{what}: .npy format version {version[0]}.{version[1]} is not supported")
+    _check_numeric(dtype)
+    return _check_size(math.prod(shape), dtype.itemsize, limit, f"{what}'s array")
+
+
+def _check_size(elements: int, itemsize: int, limit: int, what: str) -> int:
+    """``elements * itemsize`` bytes, refused with 413 when over ``limit`` (before anything is allocated)."""
+    from handler.errors import PayloadTooLarge
+
+    size = elements * itemsize
+    if size > limit:
+        raise PayloadTooLarge(
+            f"the {what} would decode to {size:,} bytes, more than the {limit:,} allowed "
+            "(TORCH_MME_MAX_DECODED_RATIO times SAGEMAKER_MAX_PAYLOAD_IN_MB)"
+        )
+    return size
 
 
 def _numeric_array(value: Any, what: str) -> np.ndarray:
@@ -86,12 +194,13 @@ def _numeric_array(value: Any, what: str) -> np.ndarray:
     return array
 
 
-def _check_numeric(array: np.ndarray) -> None:
-    if array.dtype.kind not in "biuf":
-        raise BadRequest(f"array dtype {array.dtype} is not numeric")
+def _check_numeric(array: np.ndarray | np.dtype) -> None:
+    dtype = array if isinstance(array, np.dtype) else array.dtype
+    if dtype.kind not in "biuf":
+        raise BadRequest(f"array dtype {dtype} is not numeric")
 
 
-DECODERS: dict[str, Callable[[bytes], Any]] = {
+DECODERS: dict[str, Callable[[bytes, int], Any]] = {
     JSON: _decode_json,
     CSV: _decode_csv,
     NPY: _decode_npy,
@@ -99,13 +208,21 @@ DECODERS: dict[str, Callable[[bytes], Any]] = {
 }
 
 
-def decode(body: bytes, content_type: str | None) -> np.ndarray | dict[str, np.ndarray]:
-    """Decode a request body; a missing Content-Type is read as JSON."""
+def decode(body: bytes, content_type: str | None, limit: int | None = None) -> np.ndarray | dict[str, np.ndarray]:
+    """Decode a request body; a missing Content-Type is read as JSON.
+
+    ``limit`` bounds the bytes the decoded arrays may take (default:
+    ``Settings.max_decoded_bytes``); sizes are checked before allocating.
+    """
     kind = media_type(content_type) or JSON
     decoder = DECODERS.get(kind)
     if decoder is None:
         raise UnsupportedContentType(f"Content-Type {kind!r} is not supported; use one of {sorted(DECODERS)}")
-    return decoder(body)
+    if limit is None:
+        from handler.settings import Settings
+
+        limit = Settings.from_env().max_decoded_bytes
+    return decoder(body, limit)
 
 
 def to_numpy(value: Any) -> Any:

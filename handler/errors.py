@@ -30,6 +30,15 @@ class BadRequest(HandlerError):
     status = 400
 
 
+class PayloadTooLarge(BadRequest):
+    """The body would decode to more than the decoders allow (413; ``Settings.max_decoded_bytes``).
+
+    A BadRequest with its own status: whatever handles a body the client got wrong handles this one too.
+    """
+
+    status = 413
+
+
 class UnsupportedContentType(HandlerError):
     status = 415
 

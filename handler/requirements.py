@@ -51,7 +51,7 @@ and a package with a torch-pinned dependency (torchvision) resolves to a
 version that fits the installed torch.
 
 Sources, in order: ``code/wheels/`` and the container's wheelhouse
-(``TORCH_MME_WHEELHOUSE``) with ``--no-index``; if something is not there and
+(``TORCH_MME_WHEELHOUSE``) with ``--no-index``; if that fails (whatever pip says) and
 ``TORCH_MME_PIP_INDEX`` is not ``off``, again with the index (pip's own
 configuration, or that URL) plus those folders as find-links. Each attempt
 installs into a fresh temporary sibling ``.tmp-<key>-...``; on success a
@@ -62,6 +62,15 @@ without the marker is deleted and redone, never used. pip's time is bounded by
 kills a worker whose load outlives ``timeout_s``). A failure raises
 ``DependencyInstallError`` with pip's ERROR lines; its full output goes to the
 log. ``TORCH_MME_INSTALL_REQUIREMENTS=false`` turns all of it off.
+
+A model may only name what is inside its own ``code/`` folder, and may not
+choose where pip fetches from (``check_requirements``, before pip or the key
+reads anything): an include, constraint, editable, find-links or local path
+outside ``code/``, any index or trusted-host option, ``${VARIABLE}`` and
+options other than ``--no-index``, ``--pre``, ``--prefer-binary``,
+``--require-hashes``, ``--only-binary``, ``--no-binary`` and ``--hash`` fail
+LoadModel naming the line. Requirements by name or by http(s)/VCS URL are
+fetched as pip's configuration (or ``TORCH_MME_PIP_INDEX``) says.
 
 Limits: files named by a requirement as a local path (``./pkg``) are not part
 of the key (ship wheels in ``code/wheels/`` instead); the wheelhouse's content
@@ -80,6 +89,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import site
@@ -89,6 +99,7 @@ import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from handler.errors import DependencyInstallError
 from handler.settings import Settings, default_deps_dir
@@ -109,7 +120,6 @@ LOAD_MARGIN_S = 5
 """Part of the load's timeout left for importing the model after pip, when that timeout bounds pip."""
 MAX_REASON = 600
 _OFF = {"off", "false", "0", "no", "none"}
-_NOT_THERE = ("No matching distribution found", "Could not find a version that satisfies", "ResolutionImpossible")
 _INCLUDE = re.compile(r"^(-r|--requirement|-c|--constraint)(?:\s*=?\s*)(\S+)$")
 _COMMENT = re.compile(r"(^|\s+)#.*$")
 _DROPPED_PIP_ENV = ("PIP_TARGET", "PIP_PREFIX", "PIP_ROOT", "PIP_USER", "PIP_EDITABLE")
@@ -147,6 +157,7 @@ def prepare(model_dir: str, settings: Settings, model_name: str = "?") -> Deps |
 
 def ensure_installed(code_dir: str, settings: Settings, model_name: str = "?") -> Deps | None:
     """The folder holding ``code_dir``'s requirements, installed now unless a complete one exists."""
+    check_requirements(code_dir)  # before any file it names is read: the key below inlines them
     text = normalised_requirements(os.path.join(code_dir, REQUIREMENTS))
     if not text:
         log.info("requirements.txt of %s lists nothing to install", model_name)
@@ -249,6 +260,219 @@ def normalised_requirements(path: str, _depth: int = 0) -> str:
     return "\n".join(lines)
 
 
+_SHORT_OPTIONS = {
+    "-r": "--requirement",
+    "-c": "--constraint",
+    "-e": "--editable",
+    "-f": "--find-links",
+    "-i": "--index-url",
+}
+_FILE_OPTIONS = ("--requirement", "--constraint")
+"""Options naming another requirements file: it must be a file inside code/ (checked in turn)."""
+_PATH_OPTIONS = ("--editable", "--find-links")
+"""Options naming a local folder or file: it must be inside code/ (``--editable`` may also be a VCS or http URL)."""
+_FETCH_OPTIONS = ("--index-url", "--extra-index-url", "--trusted-host")
+"""Where pip fetches from is the server's choice (pip's configuration, TORCH_MME_PIP_INDEX), not a model's."""
+_HARMLESS_OPTIONS = ("--no-binary", "--only-binary", "--hash")
+_FLAGS = ("--no-index", "--pre", "--prefer-binary", "--require-hashes")
+_KNOWN_OPTIONS = (*_FILE_OPTIONS, *_PATH_OPTIONS, *_FETCH_OPTIONS, *_HARMLESS_OPTIONS, *_FLAGS)
+_ENV_VARIABLE = re.compile(r"\$\{[A-Z0-9_]+\}")
+"""pip expands ``${NAME}`` from its environment in requirements files: a model could send the server's secrets."""
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def check_requirements(code_dir: str) -> None:
+    """Refuse a ``code/requirements.txt`` that reaches outside ``code/`` or tells pip where to fetch from.
+
+    Checked before pip (or anything else) reads a file it names, so no other
+    file's content can reach an error message, the log or the dependency
+    folder's key and marker: ``-r``/``-c`` (and their long forms) must name
+    files inside ``code/``, never URLs; ``-e``, ``--find-links`` and
+    requirements given as local paths or ``file:`` URLs must be inside
+    ``code/``; ``--index-url``, ``--extra-index-url``, ``--trusted-host``,
+    ``--find-links`` URLs and pip's other options are refused, as is
+    ``${VARIABLE}`` (pip would expand it from the server's environment). The
+    error names the file and line, and quotes only that line.
+    """
+    real_code = os.path.realpath(code_dir)
+    if not _inside(real_code, os.path.realpath(os.path.dirname(code_dir))):
+        raise DependencyInstallError("the model's code/ folder leads outside the model directory")
+    _check_file(os.path.join(code_dir, REQUIREMENTS), real_code, 0)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder
+
+
+def _check_file(path: str, real_code: str, depth: int) -> None:
+    where = os.path.relpath(path, os.path.dirname(real_code)) if _inside(os.path.realpath(path), real_code) else path
+    real = os.path.realpath(path)
+    if not _inside(real, real_code) or not os.path.isfile(real):
+        raise DependencyInstallError(f"{where} is not a file inside the model's code/ folder")
+    if depth > 10:
+        raise DependencyInstallError(f"{where}: requirements files include each other more than 10 deep")
+    with open(real, encoding="utf-8", errors="replace") as f:
+        raw = f.read()
+    for number, line in _logical_lines(raw):
+        try:
+            _check_line(line, os.path.dirname(real), real_code, depth)
+        except DependencyInstallError as exc:
+            raise DependencyInstallError(f"{where} line {number}: {exc} ({line!r})") from None
+
+
+def _logical_lines(raw: str) -> list[tuple[int, str]]:
+    """(number of the line it starts on, text) of each line as pip reads it: continuations joined, comments gone."""
+    lines: list[tuple[int, str]] = []
+    pending, start = "", 0
+    for number, physical in enumerate(raw.splitlines(), start=1):
+        if not pending:
+            start = number
+        if physical.endswith("\\"):
+            pending += physical[:-1]
+            continue
+        line = _COMMENT.sub("", pending + physical).strip()
+        pending = ""
+        if line:
+            lines.append((start, line))
+    if pending.strip():
+        lines.append((start, _COMMENT.sub("", pending).strip()))
+    return lines
+
+
+def _check_line(line: str, base: str, real_code: str, depth: int) -> None:
+    if _ENV_VARIABLE.search(line):
+        raise DependencyInstallError("${...} is not allowed (pip would fill it in from the server's environment)")
+    words = line.split(" ")
+    first_option = next((i for i, word in enumerate(words) if word.startswith("-")), len(words))
+    requirement = " ".join(words[:first_option]).strip()
+    try:
+        options = shlex.split(" ".join(words[first_option:]))
+    except ValueError as exc:
+        raise DependencyInstallError(f"cannot be read: {exc}") from None
+    if requirement:
+        _check_requirement(requirement, real_code)
+    i = 0
+    while i < len(options):
+        name, value, i = _option(options, i, has_requirement=bool(requirement))
+        if name in _FILE_OPTIONS:
+            if _SCHEME.match(value):  # pip reads 'file:/etc/x' as a URL, even if code/file:/etc/x exists
+                raise DependencyInstallError(f"{name} must name a file inside code/, not a URL")
+            target = os.path.join(base, os.path.expanduser(value))
+            if not _inside(os.path.realpath(target), real_code):
+                raise DependencyInstallError(f"{name} names a file outside the model's code/ folder")
+            _check_file(target, real_code, depth + 1)
+        elif name in _PATH_OPTIONS:
+            if _SCHEME.match(value):
+                if name == "--find-links" or _is_file_url(value):
+                    _check_url(value, real_code, name)
+                continue  # --editable git+https://...: a source like any direct URL requirement
+            # pip resolves --find-links next to the requirements file, --editable from its working folder (code/)
+            target = os.path.join(base if name == "--find-links" else real_code, os.path.expanduser(value))
+            if not _inside(os.path.realpath(target), real_code):
+                raise DependencyInstallError(f"{name} names a path outside the model's code/ folder")
+        elif name in _FETCH_OPTIONS:
+            raise DependencyInstallError(
+                f"{name} is not allowed in a model's requirements: the server decides where pip fetches from "
+                "(TORCH_MME_PIP_INDEX, TORCH_MME_WHEELHOUSE; ship wheels in code/wheels/)"
+            )
+
+
+def _option(options: list[str], i: int, has_requirement: bool) -> tuple[str, str, int]:
+    """The option at ``options[i]`` as (long name, value, index of the next one), as pip's optparse reads it."""
+    word = options[i]
+    value: str | None = None
+    if word.startswith("--"):
+        given, _, attached = word.partition("=")
+        value = attached if "=" in word else None
+        matches = [known for known in _KNOWN_OPTIONS if known == given] or [
+            known for known in _KNOWN_OPTIONS if known.startswith(given)
+        ]
+        name = matches[0] if len(matches) == 1 else ""
+    elif word[:2] in _SHORT_OPTIONS:
+        name = _SHORT_OPTIONS[word[:2]]
+        value = word[2:].lstrip("=") or None
+    else:
+        name = ""
+    if not name or (has_requirement and name != "--hash"):
+        raise DependencyInstallError(f"option {word.split('=', 1)[0]} is not allowed in a model's requirements")
+    if name in _FLAGS:
+        return name, "", i + 1
+    if value is None:
+        if i + 1 >= len(options):
+            raise DependencyInstallError(f"option {name} needs a value")
+        return name, options[i + 1], i + 2
+    return name, value, i + 1
+
+
+def _check_requirement(requirement: str, real_code: str) -> None:
+    """A requirement given as a local path or a ``file:`` URL must be inside code/ (names and other URLs are fine)."""
+    spec = requirement.split(";", 1)[0].strip()
+    url = spec.split("@", 1)[1].strip() if "@" in spec and not _SCHEME.match(spec) else spec
+    if _SCHEME.match(url):
+        if _is_file_url(url):
+            _check_url(url, real_code, "a file: URL")
+        return
+    looks_like_a_path = url.startswith((".", "/", "~")) or "/" in url or os.sep in url
+    if looks_like_a_path and not _inside(os.path.realpath(os.path.join(real_code, os.path.expanduser(url))), real_code):
+        raise DependencyInstallError("a local path outside the model's code/ folder")
+
+
+def _is_file_url(url: str) -> bool:
+    return url.lower().split("+", 1)[-1].startswith("file:")
+
+
+def _check_url(url: str, real_code: str, what: str) -> None:
+    """A ``file:`` URL must point inside code/; any other URL is refused (it is only called for those that fetch)."""
+    from urllib.parse import unquote, urlsplit
+
+    if not _is_file_url(url):
+        raise DependencyInstallError(f"{what} URL is not allowed: the server decides where pip fetches from")
+    path = unquote(urlsplit(url.split("+", 1)[-1]).path)
+    if not _inside(os.path.realpath(os.path.join(real_code, path)), real_code):
+        raise DependencyInstallError(f"{what} points outside the model's code/ folder")
+
+
+def refuse_pinned_conflicts(code_dir: str, pins: list[tuple[str, str]]) -> None:
+    """A requirement that asks for another version of a pinned distribution (torch, numpy, what is imported)
+    fails here, in our own words, before pip: pip would fail too, with wording that changes between its versions
+    and with whatever constraints its own configuration adds."""
+    installed = dict(pins)
+    for line in normalised_requirements(os.path.join(code_dir, REQUIREMENTS)).splitlines():
+        parsed = _parse_requirement(line)
+        if parsed is None:
+            continue
+        name, contains = parsed
+        version = installed.get(name)
+        if version is not None and not contains(version):
+            raise DependencyInstallError(
+                f"code/{REQUIREMENTS} asks for {line}, but {name} {version} is already loaded in the model process "
+                "and cannot be replaced (torch, numpy and what the model process has already imported stay at their "
+                "installed versions)"
+            )
+
+
+def _parse_requirement(line: str) -> tuple[str, Any] | None:
+    """(normalised name, version -> bool) of a requirement by name with a version specifier; None otherwise."""
+    if line.startswith(("-", "[")) or "@" in line or "/" in line:
+        return None
+    try:
+        from packaging.requirements import Requirement
+
+        parse = Requirement
+    except ImportError:  # not a dependency of ours; pkg_resources is (MMS imports it) and vendors packaging
+        from pkg_resources import Requirement
+
+        parse = Requirement.parse
+    try:
+        parsed = parse(line)
+    except ValueError:  # packaging's InvalidRequirement and pkg_resources' RequirementParseError are ValueErrors
+        return None
+    marker = getattr(parsed, "marker", None)
+    if (marker is not None and not marker.evaluate()) or not str(parsed.specifier):
+        return None
+    return re.sub(r"[-_.]+", "-", parsed.name).lower(), lambda v: parsed.specifier.contains(v, prereleases=True)
+
+
 def requirements_key(code_dir: str, text: str | None = None) -> str:
     """Hash of what decides an install: requirements, shipped wheels, Python, platform, base environment."""
     if text is None:
@@ -347,6 +571,7 @@ def _install(code_dir: str, final: str, settings: Settings, deadline: float, mod
     if index.lower() not in _OFF:
         attempts.append(["--index-url", index] if index else [])
     pins = _pins()
+    refuse_pinned_conflicts(code_dir, pins)
     started = time.monotonic()
     for n, source in enumerate(attempts):
         where = "no index" if source == ["--no-index"] else (index or "index from pip's configuration")
@@ -388,11 +613,11 @@ def _install(code_dir: str, final: str, settings: Settings, deadline: float, mod
                 f" ({done[-1]})" if done else " (all already satisfied)",
             )
             return Deps(final, site_packages, installed=True)
-        if n + 1 < len(attempts) and any(marker in output for marker in _NOT_THERE):
-            log.info("requirements of %s not all found locally; trying the index:\n%s", model_name, output)
+        if n + 1 < len(attempts):  # whatever pip's words: they change between its versions
+            log.info("requirements of %s not installed from local wheels; trying the index:\n%s", model_name, output)
             continue
         log.error("pip failed for %s:\n%s", model_name, output)
-        raise DependencyInstallError(f"code/{REQUIREMENTS} could not be installed: {pip_reason(output)}")
+        raise DependencyInstallError(f"code/{REQUIREMENTS} could not be installed: {pip_reason(output, pins)}")
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
@@ -501,8 +726,8 @@ def _run(command: list[str], cwd: str, deadline: float) -> tuple[int | None, str
         return None, output
 
 
-def pip_reason(output: str) -> str:
-    """pip's ERROR lines (and the conflict it explains) as one line."""
+def pip_reason(output: str, pins: list[tuple[str, str]] | None = None) -> str:
+    """pip's ERROR lines (and the conflict it explains) as one line; says why when a pinned distribution is named."""
     lines = output.splitlines()
     reasons: list[str] = []
     for i, line in enumerate(lines):
@@ -524,7 +749,9 @@ def pip_reason(output: str) -> str:
         tail = [line.strip() for line in lines if line.strip()]
         reasons = tail[-1:] or ["pip failed without output"]
     reason = "; ".join(dict.fromkeys(reasons))
-    if "(constraint)" in reason:
+    pinned = {name for name, _ in pins or ()}
+    named = {re.sub(r"[-_.]+", "-", word).lower() for word in re.findall(r"[A-Za-z0-9][A-Za-z0-9._-]*", reason)}
+    if pinned & named:
         reason += " (torch, numpy and what the model process has already imported stay at their installed versions)"
     return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 3] + "..."
 

@@ -78,6 +78,10 @@ class Settings:
     vmargs: str = ""
     max_request_mb: int = 6
     """Largest request body accepted, in MiB (``SAGEMAKER_MAX_PAYLOAD_IN_MB``)."""
+    max_decoded_ratio: int = 16
+    """The default decoders (JSON, CSV, ``.npy``, ``.npz``) refuse with 413 a body whose arrays would take more than
+    this many times ``max_request_mb`` (``TORCH_MME_MAX_DECODED_RATIO``), checked from declared sizes before
+    anything is allocated or decompressed: an ``.npz`` of zeros would otherwise expand a thousandfold."""
     default_accept: str = "application/json"
     """Encoding of a result when Accept is missing or ``*/*``."""
     allow_unsafe_pickle: bool = False
@@ -131,6 +135,11 @@ class Settings:
     ``mnist_1d.py`` or a module name ``mnist_1d``; a model without that file falls back to ``inference.py``."""
 
     @property
+    def max_decoded_bytes(self) -> int:
+        """The most bytes the arrays decoded from one request body may take."""
+        return self.max_request_mb * 2**20 * self.max_decoded_ratio
+
+    @property
     def model_overhead_mb(self) -> int:
         if self.worker_overhead_mb:
             return self.worker_overhead_mb
@@ -148,6 +157,7 @@ class Settings:
             jvm_heap=env.get("TORCH_MME_JVM_HEAP", cls.jvm_heap),
             vmargs=env.get("SAGEMAKER_MODEL_SERVER_VMARGS", ""),
             max_request_mb=int(env.get("SAGEMAKER_MAX_PAYLOAD_IN_MB") or cls.max_request_mb),
+            max_decoded_ratio=int(env.get("TORCH_MME_MAX_DECODED_RATIO") or cls.max_decoded_ratio),
             default_accept=env.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", cls.default_accept),
             allow_unsafe_pickle=env.get("TORCH_MME_ALLOW_UNSAFE_PICKLE", "").lower() in TRUE,
             run_dir=env.get("TORCH_MME_RUN_DIR", ""),
@@ -188,6 +198,7 @@ class Settings:
             "TORCH_MME_JVM_HEAP": self.jvm_heap,
             "SAGEMAKER_MODEL_SERVER_VMARGS": self.vmargs,
             "SAGEMAKER_MAX_PAYLOAD_IN_MB": str(self.max_request_mb),
+            "TORCH_MME_MAX_DECODED_RATIO": str(self.max_decoded_ratio),
             "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT": self.default_accept,
             "TORCH_MME_ALLOW_UNSAFE_PICKLE": "true" if self.allow_unsafe_pickle else "false",
             "TORCH_MME_RUN_DIR": self.run_dir,

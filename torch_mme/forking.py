@@ -32,7 +32,10 @@ def install(run_dir: str) -> tuple[str, dict[str, str]]:
     launcher = os.path.join(bin_dir, "mms-python")
     source = (resources.files("torch_mme") / "launcher.py").read_text()
     write_executable(launcher, f"#!{sys.executable} -IS\n" + source.replace("@REAL_PYTHON@", sys.executable))
-    return launcher, {SOCKET_ENV: os.path.join(run_dir, "template.sock")}
+    private = os.path.join(run_dir, "template")  # the template listens only in a folder no one else can enter
+    os.makedirs(private, mode=0o700, exist_ok=True)
+    os.chmod(private, 0o700)
+    return launcher, {SOCKET_ENV: os.path.join(private, "template.sock")}
 
 
 def write_executable(path: str, text: str) -> None:

@@ -30,10 +30,12 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from importlib import resources
 
 import psutil
@@ -101,11 +103,87 @@ def _search_path() -> str:
     return os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", os.defpath)])
 
 
-def prepare_run_dir(settings: Settings) -> Settings:
-    run_dir = settings.run_dir or tempfile.mkdtemp(prefix="torch-mme-")
-    os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
+@dataclass(frozen=True)
+class RunDir:
+    """The run folder of one server, and what ``serve`` may remove from it when it stops."""
+
+    path: str
+    created: bool
+    """``serve`` made the folder, so it removes it; otherwise only what appeared in it during the run."""
+    existing: frozenset[str] = frozenset()
+    """Names in a folder that was there already: left alone at exit."""
+
+
+def claim_run_dir(path: str = "") -> RunDir:
+    """A private run folder: a new ``mkdtemp`` one, or ``path`` (TORCH_MME_RUN_DIR), created 0700 if missing.
+
+    The folder holds the template's and MMS's sockets, the launcher MMS runs as
+    Python and the load reports, so another user who can write it can run code
+    as this server. A ``path`` that exists must be a real folder (not a symlink)
+    owned by this user with mode 0700; anything else is a ServeError.
+    """
+    if not path:
+        return RunDir(tempfile.mkdtemp(prefix="torch-mme-"), created=True)  # mkdtemp: 0700, a fresh name
+    path = os.path.abspath(path)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass  # checked below
+    except OSError as exc:
+        raise ServeError(f"cannot create the run folder {path} (TORCH_MME_RUN_DIR): {exc.strerror}") from None
+    else:
+        os.chmod(path, 0o700)  # whatever the umask
+        return RunDir(path, created=True)
+    try:
+        problem = _not_private(os.lstat(path))
+    except OSError as exc:
+        raise ServeError(f"cannot use the run folder {path} (TORCH_MME_RUN_DIR): {exc.strerror}") from None
+    if problem:
+        raise ServeError(
+            f"the run folder {path} (TORCH_MME_RUN_DIR) {problem}; it must be a folder of this user with mode 0700 "
+            "(or name one that does not exist yet)"
+        )
+    return RunDir(path, created=False, existing=frozenset(os.listdir(path)))
+
+
+def _not_private(info: os.stat_result) -> str:
+    """What makes an existing run folder unsafe to use ('' when nothing does)."""
+    mode = stat.S_IMODE(info.st_mode)
+    if stat.S_ISLNK(info.st_mode):
+        return "is a symlink"
+    if not stat.S_ISDIR(info.st_mode):
+        return "is not a folder"
+    if info.st_uid != os.geteuid():
+        return f"is owned by uid {info.st_uid}, not by this user (uid {os.geteuid()})"
+    if mode & 0o077:
+        return f"has mode {mode:04o}: other users can reach it"
+    return ""
+
+
+def prepare_run_dir(settings: Settings, run_dir: RunDir | None = None) -> Settings:
+    """Settings naming the (claimed) run folder, with its ``logs`` folder made."""
+    run_dir = run_dir or claim_run_dir(settings.run_dir)
+    os.makedirs(os.path.join(run_dir.path, "logs"), exist_ok=True)
     # per-model requirements outlive this run: resolved here, not from the workers' per-run TMPDIR
-    return settings.with_overrides(run_dir=run_dir, deps_dir=settings.deps_dir or default_deps_dir())
+    return settings.with_overrides(run_dir=run_dir.path, deps_dir=settings.deps_dir or default_deps_dir())
+
+
+def remove_run_dir(run_dir: RunDir) -> None:
+    """Remove what this run made: the whole folder if ``serve`` created it, else only the entries that are new."""
+    if run_dir.created:
+        shutil.rmtree(run_dir.path, ignore_errors=True)
+        return
+    with contextlib.suppress(OSError):
+        for name in os.listdir(run_dir.path):
+            if name in run_dir.existing:
+                continue
+            entry = os.path.join(run_dir.path, name)
+            if os.path.isdir(entry) and not os.path.islink(entry):
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.remove(entry)
 
 
 def limits(settings: Settings) -> Limits:
@@ -187,9 +265,10 @@ def write_mms_shim(run_dir: str, launcher: str | None, java_dir: str | None) -> 
 class Server:
     """One running instance: the front thread, MMS, and the process tree below this process."""
 
-    def __init__(self, settings: Settings, listener: socket.socket) -> None:
+    def __init__(self, settings: Settings, listener: socket.socket, run_dir: RunDir) -> None:
         self.settings = settings
         self.listener = listener
+        self.run_dir = run_dir
         self.stopping = threading.Event()
         self.asked_to_stop = threading.Event()
         """Set by SIGTERM/SIGINT only: any other end of MMS is a failure (exit status 1)."""
@@ -220,7 +299,7 @@ class Server:
             self.stop_processes()
             if self._loop is not None:
                 self._loop.call_soon_threadsafe(self._loop.stop)
-            shutil.rmtree(self.settings.run_dir, ignore_errors=True)
+            remove_run_dir(self.run_dir)
         if self.failed and not self.asked_to_stop.is_set():
             log.error("%s", self.failed)
             return 1
@@ -364,4 +443,10 @@ def serve(settings: Settings) -> int:
     except ServeError as exc:
         print(f"torch-mme serve: {exc}", file=sys.stderr)
         return 2
-    return Server(prepare_run_dir(settings), listener).run()
+    try:
+        run_dir = claim_run_dir(settings.run_dir)
+    except ServeError as exc:
+        listener.close()
+        print(f"torch-mme serve: {exc}", file=sys.stderr)
+        return 2
+    return Server(prepare_run_dir(settings, run_dir), listener, run_dir).run()

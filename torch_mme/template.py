@@ -12,6 +12,16 @@ Protocol (from ``torch_mme.launcher``): a length-prefixed JSON request
 ``{"argv", "env", "cwd"}`` with the launcher's fds 0-2 attached (SCM_RIGHTS);
 the template answers ``pid <n>`` and later ``exit <status>``. If the launcher
 goes away first (MMS killed it), the forked process group is killed.
+
+Who may ask: the socket lives in a folder only this user can enter (0700,
+checked at start), and each connection is checked before anything is forked
+(refused with a log line on stderr, the connection closed, the launcher then
+takes the slow path): the peer's uid (``SO_PEERCRED``) must be the template's
+own, the peer must be a descendant of the process that started the template
+(``serve``: MMS's Java and its launchers are), and ``argv[0]`` must resolve to
+MMS's own ``model_service_worker.py`` of the installed ``mms`` package. Any
+other same-user process used to get any script run with any arguments,
+environment and folder.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import sys
 import traceback
 
 MAX_REQUEST = 4 * 2**20
+RECEIVE_TIMEOUT_S = 10.0
 
 
 def preload() -> None:
@@ -56,18 +67,98 @@ def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
-    if len(header) != 4 or len(fds) != 3:
-        raise ValueError("malformed request")
-    (size,) = struct.unpack("!I", header)
-    if size > MAX_REQUEST:
-        raise ValueError("request too large")
-    payload = b""
-    while len(payload) < size:
-        chunk = conn.recv(size - len(payload))
-        if not chunk:
-            raise ValueError("truncated request")
-        payload += chunk
-    return json.loads(payload), list(fds)
+    try:
+        if len(header) != 4 or len(fds) != 3:
+            raise ValueError("malformed request")
+        (size,) = struct.unpack("!I", header)
+        if size > MAX_REQUEST:
+            raise ValueError("request too large")
+        payload = b""
+        while len(payload) < size:
+            chunk = conn.recv(size - len(payload))
+            if not chunk:
+                raise ValueError("truncated request")
+            payload += chunk
+        try:
+            request = json.loads(payload)
+        except RecursionError:  # a request nested thousands deep must not end the template
+            raise ValueError("request nested too deeply") from None
+    except BaseException:
+        for fd in fds:  # the descriptors it sent are ours now: close them
+            os.close(fd)
+        raise
+    return request, list(fds)
+
+
+class Refused(Exception):
+    """A connection the template does not serve; ``str(self)`` is the reason logged."""
+
+
+def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a Unix socket, from the kernel (``SO_PEERCRED``)."""
+    data = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", data)
+    return pid, uid, gid
+
+
+def is_descendant(pid: int, ancestor: int) -> bool:
+    """True when ``ancestor`` is ``pid`` or one of its ancestors (walking ``/proc/<pid>/stat``)."""
+    for _ in range(4096):  # deeper than any real process tree
+        if pid == ancestor:
+            return True
+        if pid <= 1:
+            return False
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat_line = f.read()
+        except OSError:
+            return False
+        pid = int(stat_line[stat_line.rindex(b")") + 2 :].split()[1])  # after "(comm) state": the parent's pid
+    return False
+
+
+def check_private_folder(folder: str) -> None:
+    """Refuse to listen in a folder that is a symlink, not this user's, or open to others (mode & 0o077)."""
+    import stat
+
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or stat.S_IMODE(info.st_mode) & 0o077:
+        raise SystemExit(
+            f"torch-mme template: {folder} must be a folder (not a symlink) of uid {os.geteuid()} with mode 0700; "
+            f"it has uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o}"
+        )
+
+
+def check_peer(peer: tuple[int, int, int], owner: int) -> None:
+    """Raise Refused unless the peer runs as this user and descends from ``owner`` (the server)."""
+    pid, uid, _ = peer
+    if uid != os.geteuid():
+        raise Refused(f"the peer runs as uid {uid}, not {os.geteuid()}")
+    if not is_descendant(pid, owner):
+        raise Refused(f"the peer is not a descendant of the server (pid {owner})")
+
+
+def check_request(request: object, worker_script: str) -> None:
+    """Raise Refused unless the request is to run MMS's worker (``worker_script``)."""
+    if not isinstance(request, dict):
+        raise Refused("malformed request")
+    argv, env, cwd = request.get("argv"), request.get("env"), request.get("cwd")
+    if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
+        raise Refused("argv is not a list of strings")
+    if not (isinstance(env, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
+        raise Refused("env is not a mapping of strings")
+    if not isinstance(cwd, str):
+        raise Refused("cwd is not a string")
+    script = os.path.realpath(os.path.join(cwd, argv[0]))
+    if script != worker_script:
+        raise Refused(f"argv[0] {argv[0]!r} is not MMS's worker {worker_script}")
+
+
+def mms_worker_script() -> str:
+    """The real path of the installed MMS's ``model_service_worker.py``: the one script the template runs."""
+    import mms.model_service_worker
+
+    return os.path.realpath(mms.model_service_worker.__file__)
 
 
 def _become_model_process(request: dict, fds: list[int]) -> None:
@@ -101,17 +192,22 @@ def _become_model_process(request: dict, fds: list[int]) -> None:
 
 
 class Template:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, owner: int | None = None) -> None:
         self.path = path
+        self.owner = os.getppid() if owner is None else owner
+        """The process whose descendants may connect: the one that started the template (``serve``)."""
+        self.worker_script = mms_worker_script()
         self.selector = selectors.DefaultSelector()
         self.children: dict[int, socket.socket] = {}  # pid -> launcher connection
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.wakeup_r, self.wakeup_w = os.pipe()
 
     def serve(self) -> None:
+        check_private_folder(os.path.dirname(os.path.abspath(self.path)))
         if os.path.exists(self.path):
             os.remove(self.path)
         self.listener.bind(self.path)
+        os.chmod(self.path, 0o600)
         self.listener.listen(64)
         os.set_blocking(self.wakeup_w, False)
         signal.set_wakeup_fd(self.wakeup_w)
@@ -131,10 +227,20 @@ class Template:
 
     def _accept(self) -> None:
         conn, _ = self.listener.accept()
+        peer = (0, -1, -1)
+        fds: list[int] = []
         try:
+            peer = peer_credentials(conn)
+            check_peer(peer, self.owner)
+            conn.settimeout(RECEIVE_TIMEOUT_S)  # a peer that sends nothing must not hold up every other load
             request, fds = _receive(conn)
-        except (OSError, ValueError) as exc:
-            print(f"torch-mme template: bad request: {exc}", file=sys.stderr, flush=True)
+            conn.settimeout(None)
+            check_request(request, self.worker_script)
+        except (OSError, ValueError, Refused) as exc:
+            what = "refused a request" if isinstance(exc, Refused) else "bad request"
+            print(f"torch-mme template: {what} from pid {peer[0]} (uid {peer[1]}): {exc}", file=sys.stderr, flush=True)
+            for fd in fds:
+                os.close(fd)
             conn.close()
             return
         sys.stdout.flush()

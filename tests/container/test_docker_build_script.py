@@ -73,6 +73,47 @@ def test_a_wheelhouse_missing_a_wheel_is_named_before_building(tmp_path: Path):
         assert "has no wheel of retrying" in done.stderr and "(needed by sagemaker-inference" in done.stderr
 
 
+def test_the_wheelhouse_check_ignores_pip_configuration(tmp_path: Path):
+    """A global pip.conf (or PIP_* variables) whose find-links hold torch must not answer for the wheelhouse."""
+    from tests.unit.test_requirements import build_wheel
+
+    elsewhere = tmp_path / "elsewhere"
+    build_wheel(elsewhere, "torch", "2.13.0")  # py3-none-any: fits the image's platform flags
+    for folder in ("xdg", "home/.config"):
+        (tmp_path / folder / "pip").mkdir(parents=True)
+        (tmp_path / folder / "pip" / "pip.conf").write_text(f"[global]\nfind-links = {elsewhere}\n")
+    config = tmp_path / "xdg" / "pip" / "pip.conf"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {
+        "PATH": _path_with_fake_engine(tmp_path),
+        "XDG_CONFIG_DIRS": str(tmp_path / "xdg"),  # pip's global configuration (/etc/xdg/pip/pip.conf)
+        "HOME": str(tmp_path / "home"),
+        "PIP_CONFIG_FILE": str(config),
+        "PIP_FIND_LINKS": str(elsewhere),
+    }
+    done = docker_build("--wheelhouse", str(empty), env=env)
+    assert done.returncode == 1
+    assert f"the wheelhouse {empty} has no wheel of torch==2.13.0" in done.stderr, done.stderr
+
+
+def test_temporary_files_are_in_a_private_folder_removed_at_exit(tmp_path: Path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    done = docker_build("--engine", "podman", "--dry-run", "--wheelhouse", str(tmp_path), env={"TMPDIR": str(tmp)})
+    assert done.returncode == 0, done.stderr
+    written = next(line for line in done.stdout.splitlines() if "container/requirements.py" in line)
+    requirements = Path(written.rsplit("> ", 1)[1])
+    assert requirements.parent.parent == tmp and requirements.parent.name.startswith("torch-mme-build.")
+    assert str(os.getpid()) not in requirements.parent.name
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {"TMPDIR": str(tmp), "PATH": _path_with_fake_engine(tmp_path)}
+    done = docker_build("--wheelhouse", str(empty), env=env)
+    assert done.returncode == 1 and "has no wheel of" in done.stderr, done.stderr
+    assert os.listdir(tmp) == []  # pip's log too, although the script ended with an error
+
+
 def test_no_engine_is_a_clear_error(tmp_path: Path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

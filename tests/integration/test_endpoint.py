@@ -154,6 +154,9 @@ def test_corrupt_and_hostile_archives_are_refused_and_write_nothing_outside(worl
     hard.type, hard.linkname = tarfile.LNKTYPE, str(canary)
     hostile(store / "bad" / "hardlink.tar.gz", hard)
     cases["bad/hardlink.tar.gz"] = "extract"
+    under_a_file = tarfile.TarInfo("model.pt/inside")  # hostile() wrote model.pt as a regular file first
+    hostile(store / "bad" / "under-a-file.tar.gz", under_a_file)
+    cases["bad/under-a-file.tar.gz"] = "is not a folder"
     for target, reason in cases.items():
         with pytest.raises(client.exceptions.ValidationError, match=reason):
             invoke(client, target, b"[[1, 2, 3]]", "application/json")

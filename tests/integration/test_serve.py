@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import uuid
 
 import numpy as np
@@ -183,3 +184,20 @@ def test_unload_frees_the_name(server, models_root):
     assert server.load(name, str(models_root / name / "model"))[0] == 200
     listed = json.loads(server.request("GET", "/models")[2])["models"]
     assert name in [m["modelName"] for m in listed]
+
+
+def test_a_private_run_dir_of_our_own_keeps_its_files_after_a_run(tmp_path):
+    """TORCH_MME_RUN_DIR naming an existing folder: serve used to ``rmtree`` it whole when it stopped."""
+    from tests.integration.conftest import logged_server
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    (run_dir / "canary").write_text("keep me")
+    models = tmp_path / "models"
+    write_torchscript(models / "linear" / "model")
+    with logged_server(models, tmp_path / "serve.log", env={"TORCH_MME_RUN_DIR": str(run_dir)}) as server:
+        assert server.load("linear", str(models / "linear" / "model"))[0] == 200
+        assert server.invoke("linear", b"[[1, 2, 3]]", "application/json")[0] == 200
+        assert (run_dir / "mms.properties").exists()  # the run's own files are in it
+    assert sorted(os.listdir(run_dir)) == ["canary"]
+    assert (run_dir / "canary").read_text() == "keep me"

@@ -263,6 +263,24 @@ def test_a_name_given_twice_is_refused(tmp_path: Path):
     refuse(tmp_path, archive, UnsafeArchive, "model.pt")
 
 
+@pytest.mark.parametrize(
+    "members",
+    [
+        [regular("a"), regular("a/b")],
+        [regular("a"), folder("a/sub"), regular("a/sub/b")],
+        [regular("model.pt"), link("a", "model.pt"), regular("a/b")],
+        [regular("model.pt"), link("a", "model.pt", tarfile.LNKTYPE), regular("a/b")],
+    ],
+    ids=["file", "folder-under-file", "symlink-to-file", "hardlink"],
+)
+def test_a_member_under_a_file_is_refused(tmp_path: Path, members):
+    """``a`` a regular file, then ``a/b``: tarfile failed with NotADirectoryError, which the endpoint answered 500."""
+    archive = build(tmp_path / "model.tar.gz", members)
+
+    message = refuse(tmp_path, archive, UnsafeArchive, "a/")
+    assert "is not a folder" in message
+
+
 def zeros_gzip(path: Path, name: str, size: int) -> Path:
     """A .tar.gz of one member holding ``size`` zero bytes, compressed as it is written (no 200 MB in memory)."""
     info = tarfile.TarInfo(name)

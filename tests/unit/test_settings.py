@@ -93,6 +93,7 @@ def test_to_env_round_trip_of_every_field_changed():
         jvm_heap="2g",
         vmargs="-XX:+UseG1GC",
         max_request_mb=20,
+        max_decoded_ratio=3,
         default_accept="text/csv",
         allow_unsafe_pickle=True,
         run_dir="/tmp/run",

@@ -192,8 +192,12 @@ def _check_member(member: tarfile.TarInfo, root: str, kinds: dict[str, str]) -> 
     kind = "dir" if member.isdir() else "symlink" if member.issym() else "hardlink" if member.islnk() else "file"
     if name in kinds and not (kind == "dir" and kinds[name] == "dir"):
         raise UnsafeArchive(f"{raw}: the archive holds {name} twice")
-    if _resolve(root, parts[:-1], follow_last=True) is None:
+    parent = _resolve(root, parts[:-1], follow_last=True)
+    if parent is None:
         raise UnsafeArchive(f"{raw}: its folder leads outside the extraction folder through a symlink")
+    if parent and os.path.lexists(os.path.join(root, *parent)) and not os.path.isdir(os.path.join(root, *parent)):
+        # an earlier member made that path a file (or a link to one): extracting would fail with ENOTDIR
+        raise UnsafeArchive(f"{raw}: its folder {'/'.join(parent)} is not a folder in the archive")
     if member.issym():
         _check_symlink(member, root, parts)
     elif member.islnk():
