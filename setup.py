@@ -25,6 +25,7 @@ setup(
         # the public port's HTTP/1.1 parser (llhttp) and event loop: what uvicorn runs on
         "httptools>=0.6",
         "uvloop>=0.19",
+        "prometheus_client>=0.17",
         "boto3>=1.28",
         "setproctitle>=1.3",
     ],

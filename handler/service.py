@@ -11,11 +11,12 @@ import contextlib
 import contextvars
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from handler import codecs
+from handler import codecs, timing
 from handler.errors import (
     MAX_MESSAGE,
     HandlerError,
@@ -315,7 +316,12 @@ class PyTorchHandler:
         if data is None:
             self.initialize(context)
             return None
-        return self.postprocess(self.inference(self.preprocess(data, context), context), context)
+        received, started = time.time(), time.perf_counter()
+        responses = self.postprocess(self.inference(self.preprocess(data, context), context), context)
+        value = timing.format_timing(received, time.perf_counter() - started, len(data))
+        for idx in range(len(data)):
+            context.set_response_header(idx, timing.HEADER, value)
+        return responses
 
     @staticmethod
     def _guard(item: Item, stage: Any, field: str) -> None:

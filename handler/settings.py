@@ -123,6 +123,8 @@ class Settings:
     from it. A request beyond it waits its turn (first come, first served)."""
     max_queued: int = 256
     """Requests waiting for room at once; one more is answered 503 with ``Retry-After`` at once."""
+    metrics: bool = True
+    """Per-model Prometheus metrics at ``GET /metrics`` (``TORCH_MME_METRICS``)."""
     queue_timeout_s: float = 10.0
     """Longest a request waits for room before it is answered 503 with ``Retry-After``."""
 
@@ -179,6 +181,7 @@ class Settings:
             inflight_mb=int(env.get("TORCH_MME_INFLIGHT_MB") or cls.inflight_mb),
             max_queued=int(env.get("TORCH_MME_MAX_QUEUED") or cls.max_queued),
             queue_timeout_s=float(env.get("TORCH_MME_QUEUE_TIMEOUT_S") or cls.queue_timeout_s),
+            metrics=(env.get("TORCH_MME_METRICS") or "true").lower() in TRUE,
             program=(env.get("SAGEMAKER_PROGRAM") or cls.program).strip(),
         )
 
@@ -220,5 +223,6 @@ class Settings:
             "TORCH_MME_INFLIGHT_MB": str(self.inflight_mb),
             "TORCH_MME_MAX_QUEUED": str(self.max_queued),
             "TORCH_MME_QUEUE_TIMEOUT_S": str(self.queue_timeout_s),
+            "TORCH_MME_METRICS": "true" if self.metrics else "false",
             "SAGEMAKER_PROGRAM": self.program,
         }

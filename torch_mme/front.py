@@ -36,11 +36,13 @@ import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl, quote, unquote
 
-from handler import load_report, model_config
+from handler import load_report, model_config, timing
 from handler.settings import Settings
 from torch_mme import processes
 from torch_mme.admission import MB, Admission
 from torch_mme.httpserver import ByteBudget, QueueFull, Request, Response, error_response, json_response
+from torch_mme.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from torch_mme.metrics import ModelMetrics
 from torch_mme.registry import ModelRecord, Registry
 from torch_mme.upstream import UnsafeRequest, Upstream, UpstreamError, UpstreamTimeout
 from torch_mme.watchdog import Watchdog
@@ -54,6 +56,10 @@ UNLOAD_WAIT_S = 10.0
 LOAD_PARAMETERS = ("model_name", "url")
 """What a LoadModel may say (SageMaker sends exactly these); MMS's other register parameters are the server's."""
 LIST_PARAMETERS = ("limit", "next_page_token")
+HANDLER_TIMING = timing.HEADER.lower()
+TARGET_MODEL = "X-Amzn-SageMaker-Target-Model"
+NOT_LOADED = "(not loaded)"
+"""The ``model`` label of invocations of a name that is not loaded."""
 FORWARDED_HEADERS = ("content-type", "accept")
 """Invocation headers MMS receives, besides every ``X-Amzn-SageMaker-*`` one."""
 FORM_TYPES = ("application/x-www-form-urlencoded",)
@@ -88,6 +94,11 @@ def _busy(reason: str) -> Response:
     return error(503, "ServiceUnavailable", f"server busy ({reason}); retry", [("Retry-After", "1")])
 
 
+def _target(record: ModelRecord | None) -> str:
+    """`` (TargetModel a/b.tar.gz)`` for log lines, when SageMaker named it: CloudWatch filters by it."""
+    return f" (TargetModel {record.target_model})" if record is not None and record.target_model else ""
+
+
 def model_path(name: str, suffix: str = "") -> str:
     """MMS's path for a validated name, quoted all the same: nothing a client sent reaches MMS raw."""
     if not MODEL_NAME.fullmatch(name):
@@ -112,16 +123,22 @@ class Front:
         self._invoking: dict[str, set[asyncio.Task]] = {}
         """The request handlers waiting on MMS, by model: a restart answers them at once."""
         self._abandoned: set[asyncio.Task] = set()
+        self.metrics = ModelMetrics() if settings.metrics else None
+        self._routes = self.routes()
 
     # --- routing ---------------------------------------------------------------------------------
     def routes(self) -> dict[tuple[str, ...], dict[str, Route]]:
-        """The container contract's routes: path shape (``{name}`` for a model) -> method -> handler."""
-        return {
+        """The container contract's routes: path shape (``{name}`` for a model) -> method -> handler; plus
+        ``GET /metrics`` unless metrics are off."""
+        routes = {
             ("ping",): {"GET": self.ping},
             ("models",): {"GET": self.list_models, "POST": self.load_model},
             ("models", "{name}"): {"GET": self.describe_model, "DELETE": self.unload_model},
             ("models", "{name}", "invoke"): {"POST": self.invoke},
         }
+        if self.metrics is not None:
+            routes[("metrics",)] = {"GET": self.metrics_text}
+        return routes
 
     async def handle(self, request: Request) -> Response:
         """Route one request; MMS's failures become JSON 502/504."""
@@ -155,7 +172,7 @@ class Front:
                 args.append(name)
             else:
                 shape.append(segment)
-        methods = self.routes().get(tuple(shape))
+        methods = self._routes.get(tuple(shape))
         if methods is None:
             return error(404, "NotFound", f"no such route: {request.method} {request.path[:120]}")
         handler = methods.get(request.method)
@@ -175,6 +192,9 @@ class Front:
             response.status = 503
         return response
 
+    async def metrics_text(self, request: Request) -> Response:
+        return Response(200, [("Content-Type", METRICS_CONTENT_TYPE)], self.metrics.text())
+
     async def list_models(self, request: Request) -> Response:
         query = dict(parse_qsl(request.query))
         unknown = sorted(set(query) - set(LIST_PARAMETERS))
@@ -187,6 +207,23 @@ class Front:
 
     # --- invocations -----------------------------------------------------------------------------
     async def invoke(self, request: Request, name: str) -> Response:
+        """Invoke the model, recording its metrics (a name that is not loaded counts under ``NOT_LOADED``: a
+        client cannot make a series per name it makes up)."""
+        if self.metrics is None:
+            return await self._invoke(request, name)
+        sent_at, started = time.time(), time.perf_counter()
+        response = await self._invoke(request, name)
+        timing_value = None
+        for position, (key, value) in enumerate(response.headers):
+            if key.lower() == HANDLER_TIMING:
+                timing_value = value
+                del response.headers[position]
+                break
+        label = name if name in self.registry else NOT_LOADED
+        self.metrics.invoked(label, response.status, time.perf_counter() - started, timing_value, sent_at)
+        return response
+
+    async def _invoke(self, request: Request, name: str) -> Response:
         record = self.registry.get(name)
         if record is not None and record.unloading:
             return error(404, "ModelNotFoundException", f"Model not found: {name} (it is being unloaded)")
@@ -238,7 +275,7 @@ class Front:
             if task.cancel():
                 self._abandoned.add(task)
         try:
-            await self._unload_now(name, reason="its processes died")  # MMS stops retrying the dead worker
+            await self._unload_now(name, reason="its processes died", kind="restart")  # MMS stops retrying it
             self.registry.restarting.discard(name)  # MMS answers for it from here (503 while it loads)
             response = await self._load_in_mms(name, record.url, record.config)
             if response.status == 200:
@@ -275,9 +312,9 @@ class Front:
         return json_response(200, details)
 
     async def unload_model(self, request: Request, name: str) -> Response:
-        return _one_line(await self._unload(name, reason="UnloadModel"))
+        return _one_line(await self._unload(name, reason="UnloadModel", kind="request"))
 
-    async def _unload(self, name: str, reason: str) -> Response:
+    async def _unload(self, name: str, reason: str, kind: str) -> Response:
         """DELETE in MMS, then wait until the model's processes are gone, so its memory is back.
 
         An unload never races traffic: it waits for a load of the same name to finish, and for the
@@ -292,7 +329,7 @@ class Front:
         if record is None:  # unknown here: MMS answers (404); a LoadModel of this name waits (409) meanwhile
             self.registry.loading[name] = 0
             try:
-                return await self._unload_now(name, reason)
+                return await self._unload_now(name, reason)  # not loaded here: nothing to count
             finally:
                 self.registry.loading.pop(name, None)
         if record.unloading:
@@ -301,7 +338,7 @@ class Front:
         record.unloading = True
         try:
             await self._wait_until(lambda: self.registry.in_flight(name) == 0, self.settings.timeout_s + 30.0)
-            return await self._unload_now(name, reason)
+            return await self._unload_now(name, reason, kind)
         finally:
             record.unloading = False
 
@@ -311,7 +348,9 @@ class Front:
         while not condition() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
 
-    async def _unload_now(self, name: str, reason: str) -> Response:
+    async def _unload_now(self, name: str, reason: str, kind: str = "") -> Response:
+        """DELETE in MMS; ``kind`` (request, eviction, restart) is the metrics' reason, none for a failed load."""
+        record = self.registry.get(name)
         before = await asyncio.to_thread(processes.model_processes, os.getpid(), name)
         freed = await asyncio.to_thread(processes.uss, before)
         started = time.monotonic()
@@ -322,17 +361,36 @@ class Front:
             if killed:
                 log.warning("killed %d process(es) of %s that outlived its unload", len(killed), name)
             log.info(
-                "unloaded %s (%s): %d process(es) gone, %.0f MB USS freed, %.2f s",
+                "unloaded %s%s (%s): %d process(es) gone, %.0f MB USS freed, %.2f s",
                 name,
+                _target(record),
                 reason,
                 len(before),
                 freed / MB,
                 time.monotonic() - started,
             )
+            if self.metrics is not None and kind:
+                self.metrics.unloaded(name, kind, len(self.registry))
         return response
 
     async def load_model(self, request: Request) -> Response:
         """LoadModel: validate, admit by memory, forward; on failure answer the reason and leave nothing behind."""
+        parsed = await self._load_request(request)
+        if isinstance(parsed, Response):
+            return parsed
+        name, url, config = parsed
+        if name in self.registry or name in self.registry.loading:
+            return _conflict(name)
+        started = time.perf_counter()
+        record = ModelRecord(name, url, 0, config=config, target_model=request.header(TARGET_MODEL) or "")
+        response = await self._load(record)
+        if self.metrics is not None:
+            seconds = time.perf_counter() - started
+            self.metrics.load_finished(name, response.status, seconds, record.measured_bytes, len(self.registry))
+        return response
+
+    async def _load_request(self, request: Request) -> tuple[str, str, model_config.ModelConfig] | Response:
+        """LoadModel's name, model folder and the folder's config, or the 400/404 that says what is wrong."""
         params: dict = dict(parse_qsl(request.query))
         if request.body:
             try:
@@ -358,17 +416,18 @@ class Front:
         if problem is not None:
             return problem
         try:
-            config = await asyncio.to_thread(model_config.read, url)
+            return name, url, await asyncio.to_thread(model_config.read, url)
         except model_config.InvalidModelConfig as exc:
             return error(400, "InvalidModelConfig", str(exc))
-        if name in self.registry or name in self.registry.loading:
-            return _conflict(name)
 
+    async def _load(self, record: ModelRecord) -> Response:
+        """Admit ``record`` by memory, register it in MMS (once more after an eviction if MMS ran out)."""
+        name, url, config = record.name, record.url, record.config
         estimate = await asyncio.to_thread(self.admission.estimate, url, config.workers)
+        record.estimated_bytes, record.estimate_detail = estimate.bytes, estimate.detail
         refusal = await self._admit(name, estimate.bytes)
         if refusal is not None:
             return refusal
-        record = ModelRecord(name, url, estimate.bytes, estimate.detail, config=config)
         try:
             response = await self._load_in_mms(name, url, config)
             if response.status == 507 and self.settings.eviction == "lru" and self.registry.eviction_order():
@@ -386,8 +445,9 @@ class Front:
             return failure
         await self._note_processes(record)
         log.info(
-            "loaded %s: estimated %.0f MB (%s), measured %.0f MB USS",
+            "loaded %s%s: estimated %.0f MB (%s), measured %.0f MB USS",
             name,
+            _target(record),
             estimate.bytes / MB,
             estimate.detail,
             record.measured_bytes / MB,
@@ -415,14 +475,15 @@ class Front:
         victim = candidates[0]
         idle = time.monotonic() - victim.last_used
         log.info(
-            "evicting %s (least recently used, idle %.1f s, ~%.0f MB) to load %s: %s",
+            "evicting %s%s (least recently used, idle %.1f s, ~%.0f MB) to load %s: %s",
             victim.name,
+            _target(victim),
             idle,
             victim.reserved_bytes / MB,
             for_name,
             why,
         )
-        response = await self._unload(victim.name, reason=f"evicted for {for_name}")
+        response = await self._unload(victim.name, reason=f"evicted for {for_name}", kind="eviction")
         if response.status == 404:
             self.registry.remove(victim.name)
         return response.status in (200, 404)

@@ -27,6 +27,8 @@ class ModelRecord:
     url: str
     estimated_bytes: int
     estimate_detail: str = ""
+    target_model: str = ""
+    """The ``X-Amzn-SageMaker-Target-Model`` its LoadModel carried: log lines name it."""
     config: ModelConfig = field(default_factory=ModelConfig)
     """The model's ``torch-mme.json``, as read at its LoadModel: a restart loads it the same way."""
     measured_bytes: int = 0

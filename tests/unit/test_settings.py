@@ -115,6 +115,7 @@ def test_to_env_round_trip_of_every_field_changed():
         inflight_mb=64,
         max_queued=8,
         queue_timeout_s=1.5,
+        metrics=False,
         program="mnist_1d.py",
     )
     # every field differs from its default, so the round trip covers them all
