@@ -673,7 +673,12 @@ def scenario_stream(sc: Scenario) -> tuple[Stream, int]:
     stream = zipf_stream(
         sc.models, int(sc.rate * sc.duration_s), sc.rate, sc.zipf, sc.model_mb, sc.model_mb_sigma, sc.seed
     )
-    return stream, int(np.searchsorted(stream.times_s, sc.warmup_s))
+    return stream, warmup_count(stream, sc.warmup_s)
+
+
+def warmup_count(stream: Stream, warmup_s: float) -> int:
+    """How many requests arrive in the first ``warmup_s`` seconds of ``stream``."""
+    return int(np.searchsorted(stream.times_s, stream.times_s[0] + warmup_s)) if len(stream.times_s) else 0
 
 
 def plot(rows: list[dict[str, Any]], target_p99_ms: float, path: Path) -> None:
@@ -884,7 +889,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         requests = int(args.rate * args.duration_s)
         stream = zipf_stream(args.models, requests, args.rate, args.zipf, args.model_mb, args.model_mb_sigma, args.seed)
-    warmup = int(np.searchsorted(stream.times_s, stream.times_s[0] + args.warmup_s)) if len(stream.times_s) else 0
+    warmup = warmup_count(stream, args.warmup_s)
     if warmup >= len(stream.models):
         parser.error(f"--warmup-s {args.warmup_s:g} leaves no request of the {stream.duration_s:.0f} s stream")
     try:
