@@ -9,6 +9,7 @@ Routing is SageMaker's as far as it is documented, and this project's endpoint's
 
 - a model loaded on an instance is served there (loaded on several: the least busy one); a request that
   finds it still loading waits for that load (and counts as a miss, as the endpoint's ModelCacheHit does);
+  with ``replicate_at``, a model whose instance has that many invokes queued gets a copy on another one;
 - a miss goes to an instance with room (the one with the most free memory), else to the instance whose
   least recently used idle model is the oldest in the fleet, which unloads its LRU idle models (last used =
   the end of their last invoke) until the model fits; a model bigger than an instance is an error
@@ -107,12 +108,16 @@ class Fleet:
     """What every instance has: model memory (MB), invoke workers, concurrent loads, disk for artifacts (MB).
 
     ``load_slots`` defaults to ``workers``: the endpoint starts a load per missing model without a limit,
-    and on a ``workers``-CPU instance that many make progress at once."""
+    and on a ``workers``-CPU instance that many make progress at once. ``replicate_at`` (0: never): when a
+    hit finds that many invokes queued on the least busy instance holding its model, a copy of the model
+    is loaded on another instance (SageMaker may hold a busy model on several); later requests go to the
+    least busy holder."""
 
     instance_mb: float
     workers: int = 4
     load_slots: int = 4
     disk_mb: float = math.inf
+    replicate_at: int = 0
 
 
 @dataclass(frozen=True)
@@ -299,23 +304,25 @@ def simulate(stream: Stream, instances: int, fleet: Fleet, costs: Costs) -> Outc
         inst.invoke_queue.append((request, model))
         start_invokes(inst, now)
 
-    def place(model: int) -> Instance | None:
-        """The instance a miss goes to: room first (most free), else the oldest idle LRU that can make room."""
+    def place(model: int, exclude: Sequence[Instance] = ()) -> Instance | None:
+        """The instance a load goes to: room first (most free), else the oldest idle LRU that can make room."""
         size = float(sizes[model])
-        roomy = [i for i in fleet_ if i.free_mb >= size]
+        others = [i for i in fleet_ if i not in exclude]
+        roomy = [i for i in others if i.free_mb >= size]
         if roomy:
             return min(roomy, key=lambda i: (-i.free_mb, i.index))
         candidates = []
-        for inst in fleet_:
+        for inst in others:
             lru = inst.idle_lru()
             if lru and inst.free_mb + inst.idle_mb(sizes) >= size:
                 candidates.append((inst.loaded[lru[0]].last_used, inst.index, inst))
         return min(candidates)[2] if candidates else None
 
-    def miss(request: int, model: int, now: float) -> None:
-        inst = place(model)
+    def start_load(request: int, model: int, now: float, exclude: Sequence[Instance] = ()) -> Instance | None:
+        """Make room for ``model`` (its LRU idle models unloaded) and queue its load; None where none can."""
+        inst = place(model, exclude)
         if inst is None:  # every instance is full of models in use: the endpoint answers 507
-            return
+            return None
         size = float(sizes[model])
         victims = []
         for victim in inst.idle_lru():
@@ -334,34 +341,37 @@ def simulate(stream: Stream, instances: int, fleet: Fleet, costs: Costs) -> Outc
             out.downloaded[request] = True
             inst.disk[model] = size
             while fleet.disk_mb < math.inf and sum(inst.disk.values()) > fleet.disk_mb:
-                drop = next((m for m in inst.disk if m != model and m not in inst.loaded), None)
+                keep = (model, *inst.loaded, *inst.loading)
+                drop = next((m for m in inst.disk if m not in keep), None)
                 if drop is None:
                     break
                 del inst.disk[drop]
         out.loaded[request] = True
         out.load_ms[request] = work_ms
-        out.instances[request] = inst.index
-        inst.loading[model] = [request]
+        inst.loading[model] = []
         inst.load_queue.append((model, work_ms))
         start_loads(inst, now)
+        return inst
 
     def arrive(request: int, now: float) -> None:
         model = int(stream.models[request])
         holders = [i for i in fleet_ if model in i.loaded]
+        loading = next((i for i in fleet_ if model in i.loading), None)
         if holders:
             inst = min(holders, key=lambda i: (i.busy(), i.index))
             out.hits[request], out.instances[request] = True, inst.index
             enqueue_invoke(inst, request, model, now)
+            if fleet.replicate_at and loading is None and len(inst.invoke_queue) >= fleet.replicate_at:
+                start_load(request, model, now, exclude=holders)  # a copy; this request stays where it is
             return
         out.hits[request] = False
-        loading = next((i for i in fleet_ if model in i.loading), None)
-        if loading is not None:
-            out.instances[request] = loading.index
-            loading.loading[model].append(request)
-            return
-        miss(request, model, now)
-        if out.instances[request] < 0:
-            out.hits[request] = None
+        if loading is None:
+            loading = start_load(request, model, now)
+            if loading is None:
+                out.hits[request] = None
+                return
+        out.instances[request] = loading.index
+        loading.loading[model].append(request)
 
     times = stream.times_s
     next_request = 0
@@ -856,6 +866,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=FULL.workers, help="invoke workers per instance")
     parser.add_argument("--load-slots", type=int, help="concurrent loads per instance (default: --workers)")
     parser.add_argument("--disk-mb", type=float, default=math.inf, help="disk for artifacts per instance")
+    parser.add_argument(
+        "--replicate-at", type=int, default=0, help="queued invokes that load a copy elsewhere (0: never)"
+    )
     parser.add_argument("--rate", type=float, default=FULL.rate, help="requests per second (Poisson)")
     parser.add_argument("--zipf", type=float, default=FULL.zipf, help="Zipf exponent s")
     parser.add_argument("--duration-s", type=float, default=FULL.duration_s, help="length of the Zipf stream")
@@ -883,7 +896,7 @@ def main(argv: list[str] | None = None) -> int:
         download_ms_per_mb=args.download_ms_per_mb,
         source=measured.source,
     )
-    fleet = Fleet(args.instance_mb, args.workers, args.load_slots or args.workers, args.disk_mb)
+    fleet = Fleet(args.instance_mb, args.workers, args.load_slots or args.workers, args.disk_mb, args.replicate_at)
     if args.trace:
         stream = read_trace(args.trace, read_sizes(args.sizes) if args.sizes else None, args.model_mb)
     else:

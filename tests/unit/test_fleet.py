@@ -84,6 +84,17 @@ def test_a_model_on_another_instance_is_a_hit_there_and_a_miss_goes_where_there_
     assert outcome.instances == [0, 1, 0, 1]
 
 
+def test_a_busy_model_gets_a_copy_on_another_instance_with_replication_on():
+    stream = hand_made("a" * 400, gap_s=0.0015)  # 1.5 ms apart, 2 ms each on one worker: the queue grows
+    without = simulate(stream, 2, Fleet(instance_mb=100, workers=1), COSTS)
+    assert sum(without.loaded) == 1 and set(without.instances) == {0}
+    copied = simulate(stream, 2, Fleet(instance_mb=100, workers=1, replicate_at=5), COSTS)
+    assert sum(copied.loaded) == 2  # one copy, loaded once however long the queue stays
+    assert set(copied.instances) == {0, 1}
+    assert copied.hits.count(False) == without.hits.count(False)  # those during the first load; none wait for the copy
+    assert np.nanmax(copied.latency_s) < np.nanmax(without.latency_s)
+
+
 def test_requests_during_a_load_wait_for_that_one_load():
     stream = hand_made("aaa", gap_s=0.01)  # all three arrive within the 105 ms load
     outcome = simulate(stream, 1, Fleet(instance_mb=100, workers=1), COSTS)
