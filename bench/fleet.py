@@ -4,8 +4,9 @@
 shows up in p99) and ``load_slots`` load slots; ``M`` models with sizes; a request stream (Zipf(s) over
 the models with Poisson arrivals at ``rate`` req/s, or a recorded ``time_s,target_model`` trace).
 
-Routing is SageMaker's as far as it is documented, and this project's endpoint's
-(``torch_mme/endpoint/router.py``) exactly on one instance:
+Routing follows SageMaker's documented behaviour, and on one instance this project's endpoint
+(``torch_mme/endpoint/router.py``) exactly; which instance a miss goes to SageMaker does not document,
+so that choice is this simulator's:
 
 - a model loaded on an instance is served there (loaded on several: the least busy one); a request that
   finds it still loading waits for that load (and counts as a miss, as the endpoint's ModelCacheHit does);
@@ -107,11 +108,11 @@ class Costs:
 class Fleet:
     """What every instance has: model memory (MB), invoke workers, concurrent loads, disk for artifacts (MB).
 
-    ``load_slots`` defaults to ``workers``: the endpoint starts a load per missing model without a limit,
-    and on a ``workers``-CPU instance that many make progress at once. ``replicate_at`` (0: never): when a
-    hit finds that many invokes queued on the least busy instance holding its model, a copy of the model
-    is loaded on another instance (SageMaker may hold a busy model on several); later requests go to the
-    least busy holder."""
+    The CLI and the benchmark set ``load_slots`` to ``workers``: the endpoint starts a load per missing
+    model without a limit, and on a ``workers``-CPU instance about that many make progress at once.
+    ``replicate_at`` (0: never): when a hit finds that many invokes queued on the least busy instance
+    holding its model, a copy of the model is loaded on another instance (SageMaker may hold a busy model
+    on several); later requests go to the least busy holder."""
 
     instance_mb: float
     workers: int = 4
@@ -173,6 +174,8 @@ def read_trace(path: Path, sizes: dict[str, float] | None = None, default_mb: fl
                 if not times:  # a header
                     continue
                 raise ValueError(f"{path}: not a time in {row!r}") from None
+            if len(row) < 2 or not row[1].strip():
+                raise ValueError(f"{path}: no target_model in {row!r}")
             target = row[1].strip()
             models.append(names.setdefault(target, len(names)))
             times.append(at)
@@ -898,7 +901,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     fleet = Fleet(args.instance_mb, args.workers, args.load_slots or args.workers, args.disk_mb, args.replicate_at)
     if args.trace:
-        stream = read_trace(args.trace, read_sizes(args.sizes) if args.sizes else None, args.model_mb)
+        try:
+            stream = read_trace(args.trace, read_sizes(args.sizes) if args.sizes else None, args.model_mb)
+        except (OSError, ValueError) as exc:
+            parser.error(str(exc))
+        if not len(stream.models):
+            parser.error(f"{args.trace}: no requests")
     else:
         requests = int(args.rate * args.duration_s)
         stream = zipf_stream(args.models, requests, args.rate, args.zipf, args.model_mb, args.model_mb_sigma, args.seed)

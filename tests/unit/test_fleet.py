@@ -152,3 +152,16 @@ def test_parse_range_and_smallest_meeting():
 
 def test_measured_costs_fall_back_to_the_defaults_without_a_result(tmp_path):
     assert fleet.Costs.measured(tmp_path / "missing.json") == fleet.Costs()
+
+
+def test_the_cli_refuses_a_malformed_or_empty_trace(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("time_s,target_model\n0.0,a.tar.gz\n1.0\n")
+    with pytest.raises(SystemExit):
+        fleet.main(["--trace", str(bad)])
+    assert "no target_model" in capsys.readouterr().err
+    empty = tmp_path / "empty.csv"
+    empty.write_text("time_s,target_model\n")
+    with pytest.raises(SystemExit):
+        fleet.main(["--trace", str(empty)])
+    assert "no requests" in capsys.readouterr().err
