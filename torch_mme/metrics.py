@@ -15,6 +15,8 @@ turns all of it off (``/metrics`` then answers 404).
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -24,6 +26,17 @@ from handler.timing import parse_timing
 SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+@dataclass
+class _Series:
+    """One model's invocation series, looked up once."""
+
+    requests: dict[int, Any]
+    latency: Any
+    queued: Any
+    inference: Any
+    batch: Any
 
 
 class ModelMetrics:
@@ -73,19 +86,32 @@ class ModelMetrics:
             "torch_mme_model_resident_bytes", "USS of the model's processes, measured at load", ["model"], registry=r
         )
         self.loaded = Gauge("torch_mme_loaded_models", "Models loaded now", registry=r)
+        self._series: dict[str, _Series] = {}
 
     def invoked(self, model: str, status: int, seconds: float, timing: str | None, sent_at: float) -> None:
-        self.requests.labels(model, str(status)).inc()
-        self.latency.labels(model).observe(seconds)
+        series = self._series.get(model)
+        if series is None:  # a label lookup costs more than the observation: once per model
+            series = self._series[model] = _Series(
+                {},
+                self.latency.labels(model),
+                self.queued.labels(model),
+                self.inference.labels(model),
+                self.batch.labels(model),
+            )
+        counter = series.requests.get(status)
+        if counter is None:
+            counter = series.requests[status] = self.requests.labels(model, str(status))
+        counter.inc()
+        series.latency.observe(seconds)
         if not timing:
             return
         parts = parse_timing(timing)
         if "received" in parts:
-            self.queued.labels(model).observe(max(0.0, parts["received"] - sent_at))
+            series.queued.observe(max(0.0, parts["received"] - sent_at))
         if "inference" in parts:
-            self.inference.labels(model).observe(parts["inference"])
+            series.inference.observe(parts["inference"])
         if "batch" in parts:
-            self.batch.labels(model).observe(parts["batch"])
+            series.batch.observe(parts["batch"])
 
     def load_finished(self, model: str, status: int, seconds: float, resident_bytes: int, loaded: int) -> None:
         self.loads.labels(model, "loaded" if status == 200 else str(status)).inc()

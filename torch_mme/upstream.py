@@ -90,7 +90,11 @@ class Upstream:
                     writer.write(head_bytes + body)
                 else:
                     writer.writelines([head_bytes, body])  # a large body is not copied
-                response, keep = await asyncio.wait_for(_read_response(reader), timeout)
+                if hasattr(asyncio, "timeout"):  # 3.11+: no task per request, as wait_for makes
+                    async with asyncio.timeout(timeout):
+                        response, keep = await _read_response(reader)
+                else:
+                    response, keep = await asyncio.wait_for(_read_response(reader), timeout)
             except asyncio.TimeoutError:
                 writer.close()
                 raise UpstreamTimeout(f"the model server did not answer within {timeout:.0f} s") from None
