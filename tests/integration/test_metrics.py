@@ -72,5 +72,9 @@ def test_per_model_metrics_count_what_happened(tmp_path):
 def test_metrics_can_be_turned_off(tmp_path):
     root = tmp_path / "models"
     root.mkdir()
+    write_torchscript(root / "m")
     with logged_server(root, tmp_path / "serve.log", env={"TORCH_MME_METRICS": "false"}) as server:
         assert server.request("GET", "/metrics")[0] == 404
+        assert server.load("m", str(root / "m"))[0] == 200
+        status, headers, _ = server.request("POST", "/models/m/invoke", b"[[1, 2, 3]]", {"Content-Type": JSON})
+        assert status == 200 and not any(k.lower() == "x-torch-mme-timing" for k in headers)
