@@ -50,7 +50,9 @@ def media_type(header: str | None) -> str:
 
 
 def _decode_json(body: bytes, limit: int) -> np.ndarray:
-    depth = _json_depth(body)
+    # fewer brackets than the limit cannot nest deeper than it: the common small body skips the scan
+    openers = body.count(b"[") + body.count(b"{")
+    depth = _json_depth(body) if openers > MAX_JSON_DEPTH else 0
     if depth > MAX_JSON_DEPTH:
         raise BadRequest(f"JSON body is nested {depth} deep; a tensor has at most {MAX_JSON_DEPTH} dimensions")
     _check_size(body.count(b",") + 1, 4, limit, "JSON array")  # at most one element per comma, plus one
@@ -218,7 +220,7 @@ def decode(body: bytes, content_type: str | None, limit: int | None = None) -> n
     decoder = DECODERS.get(kind)
     if decoder is None:
         raise UnsupportedContentType(f"Content-Type {kind!r} is not supported; use one of {sorted(DECODERS)}")
-    if limit is None:
+    if limit is None:  # a loaded model passes its own: reading the environment costs more than decoding
         from handler.settings import Settings
 
         limit = Settings.from_env().max_decoded_bytes

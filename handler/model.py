@@ -64,12 +64,15 @@ class Model:
     default_accept: str = codecs.JSON
     input_dtype: torch.dtype | None = None
     """Floating inputs are cast to the model's float dtype (numpy's float64 into a float32 model)."""
+    max_decoded_bytes: int | None = None
+    """What one body may decode to (``Settings.max_decoded_bytes``), passed to the default decoders."""
 
     def decode(self, body: bytes, content_type: str, context: Any = None) -> Any:
         """Request body -> model input (``input_fn``); any failure is the client's (400)."""
         hook = self.hooks.get("input_fn")
         if hook is None:
-            return _to_tensors(codecs.decode(body, content_type), self.device, self.input_dtype)
+            decoded = codecs.decode(body, content_type, self.max_decoded_bytes)
+            return _to_tensors(decoded, self.device, self.input_dtype)
         try:
             return hook(user_body(body, content_type), content_type, context=context)
         except HandlerError:

@@ -65,12 +65,15 @@ class RequestContext:
     def __init__(self, context: Any, idx: int) -> None:
         self._context = context
         self.request_id = idx
+        headers = context.get_all_request_header(idx) or {}
+        self._headers = {k.lower(): v for k, v in headers.items() if isinstance(k, str) and isinstance(v, str)}
+        """This request's headers by lower-case name, read once: every stage asks for a few of them."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
 
     def request_header(self, name: str) -> str:
-        return header(self._context, self.request_id, name)
+        return self._headers.get(name.lower(), "")
 
     def get_request_header(self, idx: int, key: str) -> str | None:
         """MMS's lookup, but case-insensitive: MMS hands the worker the header names as they came on the wire,
@@ -195,6 +198,7 @@ class PyTorchHandler:
         self.model = model.load(
             model_dir, dev, settings.allow_unsafe_pickle, context, settings.default_accept, settings.program
         )
+        self.model.max_decoded_bytes = settings.max_decoded_bytes
         self.stacking = config.batch_size > 1 and ("predict_fn" not in self.model.hooks or config.batch_predict_fn)
         self._warm_up(config.warmup, context)
         log.info("model %s loaded from %s on %s", getattr(context, "model_name", "?"), model_dir, dev)
@@ -217,14 +221,10 @@ class PyTorchHandler:
 
     def preprocess(self, data: list[dict], context: Any) -> list[Item]:
         """Decode every item with its own Content-Type."""
+        contexts = [RequestContext(context, idx) for idx in range(len(data))]
         items = [
-            Item(
-                _body(request),
-                header(context, idx, "Content-Type"),
-                header(context, idx, "Accept"),
-                RequestContext(context, idx),
-            )
-            for idx, request in enumerate(data)
+            Item(_body(request), ctx.request_header("Content-Type"), ctx.request_header("Accept"), ctx)
+            for request, ctx in zip(data, contexts, strict=True)
         ]
         self._decode(items)
         return items
