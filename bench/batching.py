@@ -187,19 +187,31 @@ def forward_ms(module: torch.nn.Module, batches: tuple[int, ...], calls: int) ->
     return {str(n): float(np.median(values)) * 1e3 for n, values in samples.items()}
 
 
-def cpu_seconds(pids: list[int]) -> dict[int, float]:
-    """User + system CPU seconds of every process in the trees rooted at ``pids``, by pid."""
+def role(name: str, cmdline: list[str]) -> str:
+    """Which part of a server a process is: ``java``, ``front`` (``torch-mme serve`` itself) or ``worker``."""
+    if name == "java" or (cmdline and Path(cmdline[0]).name == "java"):
+        return "java"
+    if "torch_mme.cli" in cmdline:
+        return "front"
+    return "worker"
+
+
+def cpu_seconds(pids: list[int]) -> dict[int, tuple[str, float]]:
+    """Role and user + system CPU seconds of every process in the trees rooted at ``pids``, by pid."""
     seconds = {}
     for proc in (p for pid in pids for p in processes.tree(pid)):
         with contextlib.suppress(psutil.Error):
             times = proc.cpu_times()
-            seconds[proc.pid] = times.user + times.system
+            seconds[proc.pid] = (role(proc.name(), proc.cmdline()), times.user + times.system)
     return seconds
 
 
-def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
-    """CPU seconds between two ``cpu_seconds`` readings (processes in both, or started in between)."""
-    return sum(value - before.get(pid, 0.0) for pid, value in after.items())
+def cpu_used(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds by role between two ``cpu_seconds`` readings (processes in both, or started in between)."""
+    used: dict[str, float] = {}
+    for pid, (kind, value) in after.items():
+        used[kind] = used.get(kind, 0.0) + value - before.get(pid, (kind, 0.0))[1]
+    return used
 
 
 def self_cpu() -> float:
@@ -236,7 +248,7 @@ def check_answer(side: Side) -> None:
 
 def throughput(sides: list[Side], sizes: Sizes) -> dict[str, dict[str, Any]]:
     """``CLIENTS`` clients on each side for ``chunk_s``, ``chunks`` times, in rotating order."""
-    totals = {s.key: {"ok": 0, "errors": 0, "wall_s": 0.0, "client_cpu_s": 0.0, "server_cpu_s": 0.0} for s in sides}
+    totals = {s.key: {"ok": 0, "errors": 0, "wall_s": 0.0, "client_cpu_s": 0.0, "server_cpu_s": {}} for s in sides}
     latency: dict[str, list[float]] = {s.key: [] for s in sides}
     chunk_rates: dict[str, list[float]] = {s.key: [] for s in sides}
     for side in sides:  # warm-up: JVM, batching, allocator
@@ -253,7 +265,8 @@ def throughput(sides: list[Side], sizes: Sizes) -> dict[str, dict[str, Any]]:
             t["errors"] += load.errors
             t["wall_s"] += wall
             t["client_cpu_s"] += client1 - client0
-            t["server_cpu_s"] += cpu_used(server0, server1)
+            for kind, used in cpu_used(server0, server1).items():
+                t["server_cpu_s"][kind] = t["server_cpu_s"].get(kind, 0.0) + used
             latency[key] += load.latency_s
             chunk_rates[key].append(load.ok / wall)
         print(f"batching: throughput chunk {chunk + 1}/{sizes.chunks}", file=sys.stderr)
@@ -264,7 +277,8 @@ def throughput(sides: list[Side], sizes: Sizes) -> dict[str, dict[str, Any]]:
             "rps": t["ok"] / t["wall_s"],
             "chunk_rps": chunk_rates[key],
             "client_cores": t["client_cpu_s"] / t["wall_s"],
-            "server_cores": t["server_cpu_s"] / t["wall_s"],
+            "server_cores": sum(t["server_cpu_s"].values()) / t["wall_s"],
+            "server_cores_by_role": {kind: used / t["wall_s"] for kind, used in sorted(t["server_cpu_s"].items())},
             "latency_ms": summarize(latency[key], 1e3, "ms") if latency[key] else None,
         }
     return out
@@ -325,6 +339,24 @@ def serve_pids(server: LocalServer):
     return lambda: [server.process.pid] if server.process is not None and server.process.poll() is None else []
 
 
+def metrics_call_us(calls: int) -> dict[str, float]:
+    """Microseconds per call, in this process, of what metrics add to a request: the front's
+    ``ModelMetrics.invoked`` (with the handler's timing header) and the handler's ``format_timing``."""
+    from handler.timing import format_timing
+    from torch_mme.metrics import ModelMetrics
+
+    metrics, now = ModelMetrics(), time.time()
+    value = format_timing(now, 0.0005, 1)
+    start = time.perf_counter()
+    for _ in range(calls):
+        metrics.invoked("tiny", 200, 0.001, value, now)
+    invoked = (time.perf_counter() - start) / calls * 1e6
+    start = time.perf_counter()
+    for _ in range(calls):
+        format_timing(now, 0.0005, 1)
+    return {"front_invoked_us": invoked, "handler_format_timing_us": (time.perf_counter() - start) / calls * 1e6}
+
+
 def metrics_cost(scratch: Path, sizes: Sizes) -> dict[str, Any]:
     """Invoke p50 of the tiny model through two ``torch-mme serve``, one with ``TORCH_MME_METRICS=false``."""
     models = scratch / "tiny-models"
@@ -358,6 +390,7 @@ def metrics_cost(scratch: Path, sizes: Sizes) -> dict[str, Any]:
         "metrics_endpoint_status": metrics_status,
         "p50_ratio": timed_ms["metrics_on"]["p50"] / timed_ms["metrics_off"]["p50"],
         "p99_ratio": timed_ms["metrics_on"]["p99"] / timed_ms["metrics_off"]["p99"],
+        "in_process": metrics_call_us(20000 if sizes is FULL else 2000),
     }
 
 
@@ -473,15 +506,16 @@ def markdown(result: dict[str, Any]) -> str:
         f"## Memory-bound model: {CLIENTS} clients and 1 client",
         "",
         "| server | req/s at 32 clients | p50 / p99 under load (ms) | p50 / p99 at 1 client (ms) | "
-        "client cores | server cores | errors |",
+        "client cores | server cores (by process) | errors |",
         "|---|---|---|---|---|---|---|",
     ]
     for key, t in tp.items():
         lat = t["latency_ms"] or {"p50": None, "p99": None}
+        roles = ", ".join(f"{kind} {cores:.2f}" for kind, cores in t["server_cores_by_role"].items())
         lines.append(
             f"| {LABELS[key]} | {t['rps']:.1f} | {_fmt(lat['p50'], '.1f')} / {_fmt(lat['p99'], '.1f')} | "
             f"{one[key]['p50']:.2f} / {one[key]['p99']:.2f} | {t['client_cores']:.2f} | "
-            f"{t['server_cores']:.2f} | {t['errors']} |"
+            f"{t['server_cores']:.2f} ({roles}) | {t['errors']} |"
         )
     fwd, mean = result["forward_ms"], result.get("mean_batch_size", {})
     ceiling = BATCH * fwd["1"] / fwd[str(BATCH)]
@@ -521,6 +555,12 @@ def markdown(result: dict[str, Any]) -> str:
         f"| `TORCH_MME_METRICS=false` | {off['p50']:.3f} | {off['p99']:.3f} | {off['n']} | "
         f"{mc['metrics_endpoint_status']['metrics_off']} |",
         f"| ratio on / off | {mc['p50_ratio']:.3f} | {mc['p99_ratio']:.3f} | | |",
+        "",
+        f"p50 difference on - off: {(on['p50'] - off['p50']) * 1e3:.0f} us. In this process, what metrics add to "
+        f"a request costs {mc['in_process']['front_invoked_us']:.1f} us in the front (`ModelMetrics.invoked`: "
+        f"counter, latency, queue, inference and batch-size histograms) and "
+        f"{mc['in_process']['handler_format_timing_us']:.1f} us in the handler (`format_timing`), plus the "
+        "timing header's way through MMS.",
         "",
     ]
     if result.get("plot"):

@@ -55,3 +55,15 @@ def test_histogram_mean_reads_sum_over_count_of_one_model():
     assert batching.histogram_mean(text, "torch_mme_model_batch_size", "a") == pytest.approx(15.0)
     assert batching.histogram_mean(text, "torch_mme_model_batch_size", "b") is None
     assert batching.histogram_mean(text, "torch_mme_model_batch_size", "c") is None
+
+
+def test_role_names_the_part_of_a_server():
+    assert batching.role("java", ["/usr/bin/java", "-cp", "x"]) == "java"
+    assert batching.role("python", ["/v/bin/python", "-m", "torch_mme.cli", "serve"]) == "front"
+    assert batching.role("python", ["/v/bin/python", "/x/mms/model_service_worker.py"]) == "worker"
+
+
+def test_cpu_used_sums_by_role_and_counts_new_processes_whole():
+    before = {1: ("java", 10.0), 2: ("worker", 5.0)}
+    after = {1: ("java", 10.5), 2: ("worker", 6.0), 3: ("worker", 0.25)}
+    assert batching.cpu_used(before, after) == {"java": 0.5, "worker": 1.25}
