@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import (
+    batching,
     cold_start,
     container,
     endpoint,
@@ -35,6 +36,7 @@ BENCHMARKS = {
     "endpoint": endpoint.run,
     "fleet": fleet.run,
     "peers": peers.run,
+    "batching": batching.run,
     "examples": examples.run,
     "satisfied_requirements": satisfied_requirements.run,
     "soak": soak.run,

@@ -1,4 +1,4 @@
-"""This tree against another git revision, side by side in one run: invoke p50 and LoadModel p50.
+"""This tree against another git revision, side by side in one run: invoke p50, LoadModel p50, throughput.
 
 ``python -m bench --only revisions --against REV`` exports REV with ``git
 archive`` into a temporary folder and starts two ``torch-mme serve``: one from
@@ -6,7 +6,9 @@ this tree, one with that folder first on PYTHONPATH (its ``torch_mme`` and
 ``handler``, with this environment's packages). Both serve the same tiny
 TorchScript model. The two are measured in alternating chunks (this tree,
 REV, this tree, ...) so the machine's noise falls on both alike, and the
-ratio this tree / REV is the figure to read.
+ratio this tree / REV is the figure to read. Then the tiny and the compute-bound
+model of ``bench/peers`` at 1, 4 and 16 keep-alive clients (req/s and p50),
+again alternating chunk by chunk.
 """
 
 from __future__ import annotations
@@ -32,7 +34,11 @@ from bench.common import (
     write_model,
     write_results,
 )
+from bench.peers.client import raw_request, run_load
+from bench.peers.models import KINDS, write_compute_model
 from torch_mme.local_server import LocalServer
+
+CLIENTS = (1, 4, 16)
 
 
 def export(revision: str, into: Path) -> str:
@@ -80,10 +86,45 @@ def time_load(server: LocalServer, name: str, model_dir: Path) -> float:
     return took
 
 
+def rotation(keys: list[str], chunk: int) -> list[str]:
+    """``keys`` rotated by ``chunk``: each side goes first in turn."""
+    shift = chunk % len(keys) if keys else 0
+    return keys[shift:] + keys[:shift]
+
+
+def throughput(servers: dict[str, LocalServer], body: bytes, chunks: int, seconds: float) -> dict[str, Any]:
+    """req/s and p50 of each kind at 1, 4 and 16 keep-alive clients, the sides alternating chunk by chunk."""
+    out: dict[str, Any] = {}
+    for kind in KINDS:
+        for clients in CLIENTS:
+            done = {side: {"ok": 0, "errors": 0, "wall_s": 0.0, "latency_s": []} for side in servers}
+            for chunk in range(chunks):
+                for side in rotation(list(servers), chunk):
+                    port = servers[side].port
+                    load, wall = run_load(port, [raw_request(port, f"/models/{kind}/invoke", body)], clients, seconds)
+                    d = done[side]
+                    d["ok"], d["errors"], d["wall_s"] = d["ok"] + load.ok, d["errors"] + load.errors, d["wall_s"] + wall
+                    d["latency_s"] += load.latency_s
+            point = {
+                side: {
+                    "rps": d["ok"] / d["wall_s"],
+                    "errors": d["errors"],
+                    "p50_ms": summarize(d["latency_s"], 1e3, "ms")["p50"],
+                }
+                for side, d in done.items()
+            }
+            point["rps_ratio"] = point["tree"]["rps"] / point["rev"]["rps"]
+            point["p50_ratio"] = point["tree"]["p50_ms"] / point["rev"]["p50_ms"]
+            out.setdefault(kind, {})[str(clients)] = point
+            print(f"revisions: {kind} at {clients} clients, tree / rev req/s {point['rps_ratio']:.3f}", file=sys.stderr)
+    return out
+
+
 def run(quick: bool = False, out_dir: str = "bench/results", against: str = "HEAD") -> dict[str, Any]:
-    began = time.monotonic()
+    began = time.perf_counter()  # finish() measures with perf_counter
     result = new_result("revisions", quick)
     chunks, calls, loads = (3, 100, 3) if quick else (12, 400, 12)
+    load_chunks, load_s = (2, 1.0) if quick else (6, 2.0)
     body = request_body()
     with tempfile.TemporaryDirectory(prefix="bench-revisions-") as tmp:
         tmp_path = Path(tmp)
@@ -93,6 +134,7 @@ def run(quick: bool = False, out_dir: str = "bench/results", against: str = "HEA
         assert imports_from.startswith(str(tmp_path)), f"the revision's server would import {imports_from}"
         models = tmp_path / "models"
         write_model(models / "tiny", seed=1)
+        write_compute_model(models / "compute", seed=2)
         logs = {side: open(tmp_path / f"{side}.log", "wb") for side in ("tree", "rev")}  # noqa: SIM115
         servers = {
             "tree": LocalServer(str(models), log=logs["tree"]),
@@ -102,13 +144,16 @@ def run(quick: bool = False, out_dir: str = "bench/results", against: str = "HEA
         try:
             for server in servers.values():
                 server.start()
-                assert server.load("tiny", str(models / "tiny"))[0] == 200
-                time_invokes(server.port, "tiny", body, 50)  # warm-up
+                for kind in KINDS:
+                    assert server.load(kind, str(models / kind))[0] == 200
+                    time_invokes(server.port, kind, body, 50)  # warm-up
             for chunk in range(chunks):
-                for side, server in servers.items():
+                for side in rotation(list(servers), chunk):
+                    server = servers[side]
                     samples[side]["invoke"] += time_invokes(server.port, "tiny", body, calls)
                     if chunk < loads:
                         samples[side]["load"].append(time_load(server, f"load-{chunk}", models / "tiny"))
+            result["throughput"] = throughput(servers, body, load_chunks, load_s)
         finally:
             for server in servers.values():
                 server.stop()
@@ -149,4 +194,19 @@ def _markdown(result: dict[str, Any]) -> str:
         f"{rev['invoke_ms']['n']} invokes, {rev['load_s']['n']} loads | |",
         "",
     ]
+    if "throughput" in result:
+        lines += [
+            "Throughput at 1, 4 and 16 keep-alive clients (bench/peers' tiny and compute-bound models; "
+            "asyncio raw-HTTP client), the two alternating chunk by chunk:",
+            "",
+            "| model | clients | this tree req/s | revision req/s | ratio | p50 ratio | errors |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for kind, points in result["throughput"].items():
+            for clients, p in points.items():
+                lines.append(
+                    f"| {kind} | {clients} | {p['tree']['rps']:.1f} | {p['rev']['rps']:.1f} | {p['rps_ratio']:.3f} | "
+                    f"{p['p50_ratio']:.3f} | {p['tree']['errors']} / {p['rev']['errors']} |"
+                )
+        lines.append("")
     return "\n".join(lines)
