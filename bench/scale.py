@@ -261,9 +261,7 @@ def measure(stages: tuple[int, ...], probes: int, root: Path, log_path: Path) ->
     }
 
 
-def run(
-    quick: bool = False, out_dir: str = "bench/results", label: str = "after", stages: str = ""
-) -> dict[str, Any]:
+def run(quick: bool = False, out_dir: str = "bench/results", label: str = "after", stages: str = "") -> dict[str, Any]:
     """Measure under ``label``; other labels already in ``scale.json`` are kept, so before and after show together."""
     began = time.perf_counter()
     chosen = tuple(int(s) for s in stages.split(",") if s) or (QUICK_STAGES if quick else FULL_STAGES)
@@ -331,7 +329,8 @@ def markdown(runs: dict[str, dict[str, Any]]) -> str:
             lines.append(f"| {title} | " + " | ".join(cells) + " |")
         if len(stages) >= 2:
             first, last = stages[0], stages[-1]
-            lines += ["", f"Flatness, {last['resident']} vs {first['resident']} resident (p50 ratio; goal <= 1.25):", ""]
+            ratio = f"{last['resident']} vs {first['resident']} resident (p50 ratio; goal <= 1.25)"
+            lines += ["", f"Flatness, {ratio}:", ""]
             for title, key in (("LoadModel", "load_s"), ("UnloadModel", "unload_s"), ("GetModel", "get_ms")):
                 lines.append(f"- {title}: {last[key]['p50'] / first[key]['p50']:.2f}x")
             lines.append(f"- invoke: {last['invoke_ms']['p50'] / first['invoke_ms']['p50']:.2f}x")
