@@ -13,6 +13,12 @@ Protocol (from ``torch_mme.launcher``): a length-prefixed JSON request
 the template answers ``pid <n>`` and later ``exit <status>``. If the launcher
 goes away first (MMS killed it), the forked process group is killed.
 
+Bookkeeping: for each fork, the template writes ``{"launcher": <pid>,
+"server": <pid>}`` to ``models/<model name>`` next to its socket (the launcher's
+pid from ``SO_PEERCRED``), before answering the launcher, and removes it when it
+reaps that server: the front finds a model's processes from it without
+scanning the process tree (``torch_mme.processes.recorded``).
+
 Who may ask: the socket lives in a folder only this user can enter (0700,
 checked at start), and each connection is checked before anything is forked
 (refused with a log line on stderr, the connection closed, the launcher then
@@ -40,6 +46,8 @@ import traceback
 
 MAX_REQUEST = 4 * 2**20
 RECEIVE_TIMEOUT_S = 10.0
+RECORDS = "models"
+"""The folder, next to the socket, of the per-model pid records (``torch_mme.processes.RECORDS``)."""
 
 
 def preload() -> None:
@@ -191,6 +199,17 @@ def _become_model_process(request: dict, fds: list[int]) -> None:
     runpy.run_path(argv[0], run_name="__main__")
 
 
+def model_name(argv: list[str]) -> str | None:
+    """The ``--model-name`` MMS passed, when it is one a file may be named after (the front's model names are)."""
+    if "--model-name" not in argv[:-1]:
+        return None
+    name = argv[argv.index("--model-name") + 1]
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+    if not name or len(name) > 255 or name[0] in ".-" or not set(name) <= allowed:
+        return None
+    return name
+
+
 class Template:
     def __init__(self, path: str, owner: int | None = None) -> None:
         self.path = path
@@ -199,6 +218,8 @@ class Template:
         self.worker_script = mms_worker_script()
         self.selector = selectors.DefaultSelector()
         self.children: dict[int, socket.socket] = {}  # pid -> launcher connection
+        self.records_dir = os.path.join(os.path.dirname(os.path.abspath(path)), RECORDS)
+        self.records: dict[int, str] = {}  # pid -> its record's path
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.wakeup_r, self.wakeup_w = os.pipe()
 
@@ -209,6 +230,7 @@ class Template:
         self.listener.bind(self.path)
         os.chmod(self.path, 0o600)
         self.listener.listen(64)
+        os.makedirs(self.records_dir, mode=0o700, exist_ok=True)
         os.set_blocking(self.wakeup_w, False)
         signal.set_wakeup_fd(self.wakeup_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -265,8 +287,34 @@ class Template:
         for fd in fds:
             os.close(fd)
         self.children[pid] = conn
+        self._record(request["argv"], peer[0], pid)
         conn.sendall(f"pid {pid}\n".encode())
         self.selector.register(conn, selectors.EVENT_READ, pid)
+
+    def _record(self, argv: list[str], launcher: int, pid: int) -> None:
+        """Write the model's pid record (atomically: a reader sees the old one or the new one)."""
+        name = model_name(argv)
+        if name is None:
+            return
+        path = os.path.join(self.records_dir, name)
+        temporary = os.path.join(self.records_dir, f".{pid}.tmp")
+        try:
+            with open(temporary, "w") as f:
+                json.dump({"launcher": launcher, "server": pid}, f)
+            os.replace(temporary, path)
+        except OSError as exc:  # the front falls back to scanning for this model
+            print(f"torch-mme template: cannot record model {name}'s pids: {exc}", file=sys.stderr, flush=True)
+            return
+        self.records[pid] = path
+
+    def _forget(self, pid: int) -> None:
+        """Remove the record of a reaped server, unless a newer fork of the same model replaced it."""
+        path = self.records.pop(pid, None)
+        if path is None:
+            return
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError), open(path) as f:
+            if json.load(f)["server"] == pid:
+                os.remove(path)
 
     def _close_inherited(self, conn: socket.socket) -> None:
         signal.set_wakeup_fd(-1)
@@ -284,6 +332,7 @@ class Template:
                 return
             if pid == 0:
                 return
+            self._forget(pid)
             conn = self.children.pop(pid, None)
             if conn is not None:
                 code = os.waitstatus_to_exitcode(status)
