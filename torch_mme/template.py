@@ -65,8 +65,39 @@ def preload() -> None:
     import handler.requirements  # noqa: F401
 
     setproctitle.getproctitle()  # set up now: children rename themselves after os.environ has changed
+    warm_up_torchscript()
     gc.collect()
     gc.freeze()
+
+
+def warm_up_torchscript() -> None:
+    """Do TorchScript's once-per-process work here, where every model process inherits it.
+
+    The first call of any scripted model in a process pays for the JIT's lazy set-up (operator tables,
+    the profiling executor's passes): about 100 ms, measured as the first invoke of every freshly
+    loaded model (bench/results/scale.md), and private memory in each of them. One tiny model saved,
+    loaded and run three times through the handler's default request path (decode, predict, encode)
+    does it once, before the fork; a model's own first call then costs what its graph costs (a few ms).
+    No threads start (one small Linear runs no parallel kernel) and nothing it made is kept.
+    """
+    import tempfile
+    import warnings
+
+    import torch
+
+    from handler import codecs, model
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="torch-mme-warm-") as folder, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.script(torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.ReLU())).save(
+                os.path.join(folder, "model.pt")
+            )
+            loaded = model.load(folder, torch.device("cpu"), program="")
+            for _ in range(3):
+                loaded.encode(loaded.predict(loaded.decode(b"[[0.5, 1, 2, 3]]", codecs.JSON)), codecs.JSON)
+    except Exception as exc:  # an optimisation only: models still load, their first call slower
+        print(f"torch-mme template: TorchScript warm-up failed: {exc!r}", file=sys.stderr, flush=True)
 
 
 def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
