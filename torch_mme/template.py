@@ -53,8 +53,13 @@ RECORDS = "models"
 def preload() -> None:
     """Everything a model process imports, so children start with it in memory."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # what MMS's worker sets before torch loads
+    import hmac  # noqa: F401
+    import multiprocessing.popen_fork  # noqa: F401  (MMS's server forks its worker with it)
+    import secrets  # noqa: F401
+
     import mms.model_service_worker  # noqa: F401
     import numpy  # noqa: F401
+    import numpy.random  # noqa: F401  (children reseed it: imported there, it was private to each, ~1 MB)
     import setproctitle
     import torch  # noqa: F401
 
@@ -62,6 +67,7 @@ def preload() -> None:
     import handler.device  # noqa: F401
     import handler.entry  # noqa: F401
     import handler.model  # noqa: F401
+    import handler.model_config  # noqa: F401
     import handler.requirements  # noqa: F401
 
     setproctitle.getproctitle()  # set up now: children rename themselves after os.environ has changed
