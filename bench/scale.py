@@ -15,8 +15,8 @@ models resident, each having answered once) the bench measures, in the same run:
 - every resident model invoked again at the last stage, each answer checked.
 
 Memory guard: before and while loading, the host's available memory must stay
-above ``KEEP_FREE`` (others share the machine); otherwise the run stops early
-and says so. Each run is stored under a label (``--label before|after``) in
+above ``KEEP_FREE`` (others share the machine); otherwise loading stops early,
+says so, and the stage is measured at the count reached. Each run is stored under a label (``--label before|after``) in
 ``scale.json``, so the markdown and the plot show before and after together.
 """
 
@@ -217,7 +217,9 @@ def measure(stages: tuple[int, ...], probes: int, root: Path, log_path: Path) ->
             stopped = bench.grow_to(count)
             if stopped:
                 print(f"scale: {stopped}")
-                break
+                count = len(bench.resident)  # measured where it stopped, if that is a stage of its own
+                if count <= previous:
+                    break
             loaded_at = len(bench.load_s)
             time.sleep(SETTLE_S)
             uss = bench.tree_uss()
@@ -243,6 +245,8 @@ def measure(stages: tuple[int, ...], probes: int, root: Path, log_path: Path) ->
                 flush=True,
             )
             previous, previous_uss = count, uss
+            if stopped:
+                break
         every = [bench.invoke(name, index) for name, index in bench.resident.items()]
         answered_all = not bench.wrong
         stop_started = time.perf_counter()
