@@ -323,9 +323,9 @@ What is left: in each, libpython's writable data (0.5-1.3 MB: reference counts o
 as small ints and `None`; Python 3.12's immortal objects would stop those writes), obmalloc arenas and the
 glibc heap (reference counts of frozen objects touched, new objects placed in the template's half-used
 pools); one thread each, so no thread stacks to trim. Pages the worker copies that its server had
-written before forking it count twice. The kernel's page tables (about 1.1 MB a model, not in USS)
-make the host's available memory fall by about 19 MB a model, which is why 1,000 did not fit beside
-other work while keeping 6 GiB free.
+written before forking it count twice. With the kernel's page tables (about 1.1 MB a model, not in
+USS), the host's available memory fell by about 20 MB a model in this run (others' work included):
+why 1,000 did not fit beside other work while keeping 6 GiB free.
 """
 
 
