@@ -25,6 +25,7 @@ from bench import (
     peers,
     revisions,
     satisfied_requirements,
+    scale,
     serve_latency,
     soak,
 )
@@ -42,9 +43,11 @@ BENCHMARKS = {
     "soak": soak.run,
     "container": container.run,
     "revisions": revisions.run,
+    "scale": scale.run,
 }
-ON_REQUEST = {"container", "revisions"}
-"""Only with --only: container builds and runs the image (~2 minutes); revisions compares with --against."""
+ON_REQUEST = {"container", "revisions", "scale"}
+"""Only with --only: container builds and runs the image (~2 minutes); revisions compares with --against; scale
+loads up to 1,000 models (~10 minutes, GBs of memory)."""
 
 
 def write_latest(results: dict[str, dict[str, Any]], quick: bool, out_dir: Path) -> None:
@@ -68,12 +71,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=sorted(BENCHMARKS), help="run only this benchmark (default: all)")
     parser.add_argument("--out", default="bench/results", help="folder for <benchmark>.json/.md (bench/results)")
     parser.add_argument("--against", default="HEAD", help="with --only revisions: the git revision to compare with")
+    parser.add_argument("--label", default="after", help="with --only scale: the name this run is stored under")
+    parser.add_argument("--stages", default="", help="with --only scale: resident counts, e.g. 10,100,400,1000")
     args = parser.parse_args(argv)
     results = {}
     for name, run in BENCHMARKS.items():
         if args.only == name or (args.only is None and name not in ON_REQUEST):
             print(f"== {name}{' (quick)' if args.quick else ''}", file=sys.stderr)
-            extra = {"against": args.against} if name == "revisions" else {}
+            extra: dict[str, str] = {"against": args.against} if name == "revisions" else {}
+            if name == "scale":
+                extra = {"label": args.label, "stages": args.stages}
             results[name] = run(quick=args.quick, out_dir=args.out, **extra)
     if args.only is None:
         write_latest(results, args.quick, Path(args.out))

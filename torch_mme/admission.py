@@ -90,8 +90,16 @@ class Admission:
 
     def measure(self, name: str) -> int:
         """USS of the model's processes now."""
-        return processes.uss(processes.model_processes(self.root_pid, name))
+        return processes.uss(self.processes_of(name))
+
+    def processes_of(self, name: str) -> list:
+        """The model's processes (launcher, server, workers): from the template's record, not a scan."""
+        return processes.family(self.settings.run_dir, self.root_pid, name)
+
+    def started_for(self, name: str) -> list:
+        """The processes started for the model (``processes.started_for``), from the template's record."""
+        return processes.started(self.settings.run_dir, self.root_pid, name)
 
     def _base_uss(self) -> int:
-        """USS of everything below serve that is not a model's (serve, Java)."""
-        return processes.uss([p for p in processes.tree(self.root_pid) if processes.model_of(p) is None])
+        """USS of serve and its own children that serve no model (Java, the template): known pids, no scan."""
+        return processes.uss(processes.base(self.root_pid))

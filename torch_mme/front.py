@@ -293,7 +293,8 @@ class Front:
     async def _note_processes(self, record: ModelRecord) -> None:
         """After a load: the model's memory now, and the processes the watchdog checks."""
         record.measured_bytes = await asyncio.to_thread(self.admission.measure, record.name)
-        record.processes = await asyncio.to_thread(processes.started_for, self.admission.root_pid, record.name)
+        record.processes = await asyncio.to_thread(self.admission.started_for, record.name)
+        self.watchdog.watch(record)
 
     async def describe_model(self, request: Request, name: str) -> Response:
         response = await self.upstream.request("GET", model_path(name), timeout=30.0)
@@ -350,7 +351,7 @@ class Front:
     async def _unload_now(self, name: str, reason: str, kind: str = "") -> Response:
         """DELETE in MMS; ``kind`` (request, eviction, restart) is the metrics' reason, none for a failed load."""
         record = self.registry.get(name)
-        before = await asyncio.to_thread(processes.model_processes, os.getpid(), name)
+        before = await asyncio.to_thread(self.admission.processes_of, name)
         freed = await asyncio.to_thread(processes.uss, before)
         started = time.monotonic()
         response = await self.upstream.request("DELETE", model_path(name), timeout=LOAD_TIMEOUT_S)

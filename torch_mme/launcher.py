@@ -11,17 +11,16 @@ with its status; if MMS kills it, the template kills the forked process.
 When the template cannot be reached, it runs the real Python instead (the
 slow path, today's behaviour) and says so on stderr, which MMS logs.
 
-Standard library only, and nothing imported that ``python -I -S`` lacks: it
-runs on every model load.
+It runs on every model load and then lives as long as the model, one per
+resident model: it imports only built-in modules (``posix``, ``_socket``,
+``_signal``; not ``os``, ``socket``, ``signal`` or ``json``, which pull in
+``enum``, ``re`` and more), which keeps it at about 3.4 MB of USS instead of 4.7.
+The request is JSON written by ``_json``, what ``json.dumps`` would write.
 """
 
-import array
-import contextlib
-import json
-import os
-import signal
-import socket
-import struct
+import _signal
+import _socket
+import posix
 import sys
 
 REAL_PYTHON = "@REAL_PYTHON@"  # filled in when serve writes this launcher
@@ -29,42 +28,95 @@ SOCKET_ENV = "TORCH_MME_TEMPLATE_SOCKET"
 WORKER_SCRIPT = "model_service_worker.py"
 
 
+def _string(text: str) -> str:
+    """A JSON string for ``text``, read back as ``json.dumps(text)`` is (every non-ASCII character escaped)."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return '"' + text + '"'
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif 0x20 <= code < 0x7F:
+            out.append(ch)
+        elif code > 0xFFFF:
+            code -= 0x10000
+            out.append(f"\\u{0xD800 | (code >> 10):04x}\\u{0xDC00 | (code & 0x3FF):04x}")
+        else:
+            out.append(f"\\u{code:04x}")
+    return '"' + "".join(out) + '"'
+
+
+def _json(value: object) -> str:
+    """JSON for the request: strings, lists of strings and dicts of strings."""
+    if isinstance(value, str):
+        return _string(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_json(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(_string(k) + ": " + _json(v) for k, v in value.items()) + "}"
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def environment() -> dict:
+    """``os.environ``, decoded as ``os`` decodes it (the file system encoding, surrogateescape)."""
+    encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+    return {k.decode(encoding, errors): v.decode(encoding, errors) for k, v in posix.environ.items()}
+
+
 def slow_path(reason: str) -> None:
     sys.stderr.write(f"torch-mme launcher: {reason}; starting a fresh Python (slow path)\n")
     sys.stderr.flush()
-    os.execv(REAL_PYTHON, [REAL_PYTHON, *sys.argv[1:]])
+    posix.execv(REAL_PYTHON, [REAL_PYTHON, *sys.argv[1:]])
+
+
+def _lines(conn: "_socket.socket"):
+    """The lines the template sends, as lists of words; ends when it closes the connection."""
+    buffer = b""
+    while True:
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            yield line.decode().split()
+        chunk = conn.recv(4096)
+        if not chunk:
+            return
+        buffer += chunk
 
 
 def main() -> None:
-    if len(sys.argv) < 2 or os.path.basename(sys.argv[1]) != WORKER_SCRIPT:
-        os.execv(REAL_PYTHON, [REAL_PYTHON, *sys.argv[1:]])  # MMS's other scripts (its metric collector)
-    path = os.environ.get(SOCKET_ENV, "")
+    if len(sys.argv) < 2 or sys.argv[1].rsplit("/", 1)[-1] != WORKER_SCRIPT:
+        posix.execv(REAL_PYTHON, [REAL_PYTHON, *sys.argv[1:]])  # MMS's other scripts (its metric collector)
+    env = environment()
+    path = env.get(SOCKET_ENV, "")
     if not path:
         slow_path(f"{SOCKET_ENV} is not set")
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         conn.connect(path)
-        request = json.dumps({"argv": sys.argv[1:], "env": dict(os.environ), "cwd": os.getcwd()}).encode()
-        fds = array.array("i", [0, 1, 2])
-        conn.sendmsg([struct.pack("!I", len(request)), request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
-        reader = conn.makefile("r")
-        first = reader.readline().split()
+        request = _json({"argv": sys.argv[1:], "env": env, "cwd": posix.getcwd()}).encode()
+        fds = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in (0, 1, 2))
+        message = len(request).to_bytes(4, "big") + request
+        sent = conn.sendmsg([message], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+        conn.sendall(message[sent:])
+        lines = _lines(conn)
+        first = next(lines, [])
         if len(first) != 2 or first[0] != "pid":
             raise OSError(f"unexpected answer {first!r}")
         pid = int(first[1])
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         conn.close()
         slow_path(f"template at {path} unavailable ({exc})")
         return
 
     def forward(signo: int, frame: object) -> None:
-        with contextlib.suppress(OSError):
-            os.killpg(pid, signo)
+        try:  # noqa: SIM105 (contextlib is one more import per resident model)
+            posix.killpg(pid, signo)
+        except OSError:
+            pass
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for line in reader:
-        parts = line.split()
+    _signal.signal(_signal.SIGTERM, forward)
+    _signal.signal(_signal.SIGINT, forward)
+    for parts in lines:
         if len(parts) == 2 and parts[0] == "exit":
             sys.exit(int(parts[1]))
     sys.exit(1)  # the template went away before the process ended

@@ -34,6 +34,8 @@ class ModelRecord:
     measured_bytes: int = 0
     processes: list = field(default_factory=list)
     """``processes.started_for`` the model, found after its load: the watchdog checks they still run."""
+    exit_watched: bool = False
+    """The watchdog is told when these processes exit (pidfds); otherwise it polls them."""
     last_used: float = field(default_factory=time.monotonic)
     unloading: bool = False
     """Set while an unload waits for in-flight requests: new requests are refused, not raced; not evicted."""

@@ -13,6 +13,12 @@ Protocol (from ``torch_mme.launcher``): a length-prefixed JSON request
 the template answers ``pid <n>`` and later ``exit <status>``. If the launcher
 goes away first (MMS killed it), the forked process group is killed.
 
+Bookkeeping: for each fork, the template writes ``{"launcher": <pid>,
+"server": <pid>}`` to ``models/<model name>`` next to its socket (the launcher's
+pid from ``SO_PEERCRED``), before answering the launcher, and removes it when it
+reaps that server: the front finds a model's processes from it without
+scanning the process tree (``torch_mme.processes.recorded``).
+
 Who may ask: the socket lives in a folder only this user can enter (0700,
 checked at start), and each connection is checked before anything is forked
 (refused with a log line on stderr, the connection closed, the launcher then
@@ -40,13 +46,20 @@ import traceback
 
 MAX_REQUEST = 4 * 2**20
 RECEIVE_TIMEOUT_S = 10.0
+RECORDS = "models"
+"""The folder, next to the socket, of the per-model pid records (``torch_mme.processes.RECORDS``)."""
 
 
 def preload() -> None:
     """Everything a model process imports, so children start with it in memory."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # what MMS's worker sets before torch loads
+    import hmac  # noqa: F401
+    import multiprocessing.popen_fork  # noqa: F401  (MMS's server forks its worker with it)
+    import secrets  # noqa: F401
+
     import mms.model_service_worker  # noqa: F401
     import numpy  # noqa: F401
+    import numpy.random  # noqa: F401  (children reseed it: imported there, it was private to each, ~1 MB)
     import setproctitle
     import torch  # noqa: F401
 
@@ -54,11 +67,43 @@ def preload() -> None:
     import handler.device  # noqa: F401
     import handler.entry  # noqa: F401
     import handler.model  # noqa: F401
+    import handler.model_config  # noqa: F401
     import handler.requirements  # noqa: F401
 
     setproctitle.getproctitle()  # set up now: children rename themselves after os.environ has changed
+    warm_up_torchscript()
     gc.collect()
     gc.freeze()
+
+
+def warm_up_torchscript() -> None:
+    """Do TorchScript's once-per-process work here, where every model process inherits it.
+
+    The first call of any scripted model in a process pays for the JIT's lazy set-up (operator tables,
+    the profiling executor's passes): about 100 ms, measured as the first invoke of every freshly
+    loaded model (bench/results/scale.md), and private memory in each of them. One tiny model saved,
+    loaded and run three times through the handler's default request path (decode, predict, encode)
+    does it once, before the fork; a model's own first call then costs what its graph costs (a few ms).
+    No threads start (one small Linear runs no parallel kernel) and nothing it made is kept.
+    """
+    import tempfile
+    import warnings
+
+    import torch
+
+    from handler import codecs, model
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="torch-mme-warm-") as folder, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.script(torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.ReLU())).save(
+                os.path.join(folder, "model.pt")
+            )
+            loaded = model.load(folder, torch.device("cpu"), program="")
+            for _ in range(3):
+                loaded.encode(loaded.predict(loaded.decode(b"[[0.5, 1, 2, 3]]", codecs.JSON)), codecs.JSON)
+    except Exception as exc:  # an optimisation only: models still load, their first call slower
+        print(f"torch-mme template: TorchScript warm-up failed: {exc!r}", file=sys.stderr, flush=True)
 
 
 def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
@@ -191,6 +236,17 @@ def _become_model_process(request: dict, fds: list[int]) -> None:
     runpy.run_path(argv[0], run_name="__main__")
 
 
+def model_name(argv: list[str]) -> str | None:
+    """The ``--model-name`` MMS passed, when it is one a file may be named after (the front's model names are)."""
+    if "--model-name" not in argv[:-1]:
+        return None
+    name = argv[argv.index("--model-name") + 1]
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+    if not name or len(name) > 255 or name[0] in ".-" or not set(name) <= allowed:
+        return None
+    return name
+
+
 class Template:
     def __init__(self, path: str, owner: int | None = None) -> None:
         self.path = path
@@ -199,6 +255,8 @@ class Template:
         self.worker_script = mms_worker_script()
         self.selector = selectors.DefaultSelector()
         self.children: dict[int, socket.socket] = {}  # pid -> launcher connection
+        self.records_dir = os.path.join(os.path.dirname(os.path.abspath(path)), RECORDS)
+        self.records: dict[int, str] = {}  # pid -> its record's path
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.wakeup_r, self.wakeup_w = os.pipe()
 
@@ -209,6 +267,7 @@ class Template:
         self.listener.bind(self.path)
         os.chmod(self.path, 0o600)
         self.listener.listen(64)
+        os.makedirs(self.records_dir, mode=0o700, exist_ok=True)
         os.set_blocking(self.wakeup_w, False)
         signal.set_wakeup_fd(self.wakeup_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -265,8 +324,34 @@ class Template:
         for fd in fds:
             os.close(fd)
         self.children[pid] = conn
+        self._record(request["argv"], peer[0], pid)
         conn.sendall(f"pid {pid}\n".encode())
         self.selector.register(conn, selectors.EVENT_READ, pid)
+
+    def _record(self, argv: list[str], launcher: int, pid: int) -> None:
+        """Write the model's pid record (atomically: a reader sees the old one or the new one)."""
+        name = model_name(argv)
+        if name is None:
+            return
+        path = os.path.join(self.records_dir, name)
+        temporary = os.path.join(self.records_dir, f".{pid}.tmp")
+        try:
+            with open(temporary, "w") as f:
+                json.dump({"launcher": launcher, "server": pid}, f)
+            os.replace(temporary, path)
+        except OSError as exc:  # the front falls back to scanning for this model
+            print(f"torch-mme template: cannot record model {name}'s pids: {exc}", file=sys.stderr, flush=True)
+            return
+        self.records[pid] = path
+
+    def _forget(self, pid: int) -> None:
+        """Remove the record of a reaped server, unless a newer fork of the same model replaced it."""
+        path = self.records.pop(pid, None)
+        if path is None:
+            return
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError), open(path) as f:
+            if json.load(f)["server"] == pid:
+                os.remove(path)
 
     def _close_inherited(self, conn: socket.socket) -> None:
         signal.set_wakeup_fd(-1)
@@ -284,6 +369,7 @@ class Template:
                 return
             if pid == 0:
                 return
+            self._forget(pid)
             conn = self.children.pop(pid, None)
             if conn is not None:
                 code = os.waitstatus_to_exitcode(status)

@@ -65,3 +65,49 @@ def test_a_zombie_counts_as_exited():
     zombie = FakeProcess(True)
     zombie.status = lambda: psutil.STATUS_ZOMBIE
     assert not watchdog.processes.running(zombie)
+
+
+def test_a_watched_process_that_exits_is_noticed_without_polling_the_others():
+    import subprocess
+    import sys
+
+    registry = Registry()
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    survivor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    polled: list[int] = []
+    restarted: list[str] = []
+
+    class Counted(psutil.Process):
+        def is_running(self) -> bool:
+            polled.append(self.pid)
+            return super().is_running()
+
+    async def restart(record: ModelRecord) -> None:
+        restarted.append(record.name)
+
+    async def run() -> None:
+        dog = watchdog.Watchdog(registry, restart=restart)
+        for name, process in (("victim", victim), ("survivor", survivor)):
+            record = ModelRecord(name, f"/m/{name}", 1, processes=[Counted(process.pid)])
+            registry.add(record)
+            dog.watch(record)
+            assert record.exit_watched
+        suspects = await dog.check(set())
+        assert suspects == set() and polled == []  # nothing exited: nothing polled
+        victim.kill()
+        victim.wait()
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if dog.exited:
+                break
+        suspects = await dog.check(suspects)
+        assert suspects == {"victim"}
+        await dog.check(suspects)
+
+    try:
+        asyncio.run(run())
+    finally:
+        survivor.kill()
+        survivor.wait()
+    assert restarted == ["victim"]
+    assert survivor.pid not in polled
