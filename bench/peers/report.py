@@ -171,7 +171,7 @@ def why(result: dict[str, Any], g: dict[str, Any]) -> str:
         return (
             f"torch-mme's p50 is {gap:.0f} µs above {SHORT[other]}'s ({us(lat['tiny'][OURS]['p50'])} vs. "
             f"{us(lat['tiny'][other]['p50'])}), {(g['value'] / g['limit'] - 1) * 100:.0f}% beyond the limit. "
-            f"CPU per request at 1 client: torch-mme's front (aiohttp: a second HTTP hop, client -> front -> MMS "
+            f"CPU per request at 1 client: torch-mme's front (a second HTTP hop, client -> front -> MMS "
             f"over a Unix socket and back) {ours.get('front', 0):.0f} µs, which {SHORT[other]} does not have; "
             f"Java {ours.get('java', 0):.0f} vs. {theirs.get('java', 0):.0f} µs; model processes "
             f"{ours.get('model processes', 0):.0f} vs. {theirs.get('model processes', 0):.0f} µs (the project's "
