@@ -40,7 +40,6 @@ SMALL_BODY = 64 * 2**10
 """Bodies up to this size are read at once; larger ones first reserve room in the receiving budget."""
 MAX_HEAD_BYTES = 64 * 2**10
 MAX_HEADERS = 100
-WRITE_HIGH_WATER = 2**20
 MAX_PIPELINED = 16
 """Complete requests a connection may have waiting behind the one being answered."""
 LINGER_S = 2.0
