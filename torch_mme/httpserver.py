@@ -15,6 +15,8 @@ slow. This server makes each bound explicit (``Limits``):
 - a body larger than ``SMALL_BODY`` is read only once its whole declared size
   is reserved in the ``receiving`` budget, so slow senders of large bodies
   hold at most that much memory together (the rest wait, then get 503);
+  until then a read takes at most ``HEAD_READ`` bytes from a connection, so
+  what arrives right behind a head waits in the socket, not in memory;
 - the handler (the front) reserves every complete body in a second budget
   before it goes to MMS (``Front``), so what Java holds is bounded too.
 
@@ -39,6 +41,14 @@ log = logging.getLogger("torch_mme.httpserver")
 SMALL_BODY = 64 * 2**10
 """Bodies up to this size are read at once; larger ones first reserve room in the receiving budget."""
 MAX_HEAD_BYTES = 64 * 2**10
+HEAD_READ = 16 * 2**10
+"""Most bytes one read takes from a connection that holds no reservation (a head, a small body).
+
+What a read takes is in memory before the parser knows whether the body is
+large, so this bounds what a connection can push in unreserved: a client that
+sends a large body right behind its head waits in its socket, not in our
+memory. Reads into a reserved body take ``RESERVED_READ``."""
+RESERVED_READ = 256 * 2**10
 MAX_HEADERS = 100
 MAX_PIPELINED = 16
 """Complete requests a connection may have waiting behind the one being answered."""
@@ -195,6 +205,8 @@ class HttpServer:
         self.receiving = ByteBudget(limits.receive_budget_bytes, limits.max_queued, limits.queue_timeout_s)
         self.connections: set[_Connection] = set()
         self._server: asyncio.base_events.Server | None = None
+        self.read_buffer = memoryview(bytearray(RESERVED_READ))
+        """One buffer for every connection's reads: the loop hands each read to the parser before the next."""
 
     async def start(self, sock) -> None:
         loop = asyncio.get_running_loop()
@@ -209,7 +221,7 @@ class HttpServer:
             await self._server.wait_closed()
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(asyncio.BufferedProtocol):
     """One client connection: parse, bound, queue complete requests, answer them in order."""
 
     def __init__(self, server: HttpServer) -> None:
@@ -295,7 +307,15 @@ class _Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._drained.set()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # a reserved body, or bytes read only to be dropped, take big reads
+        big = self.reserved or self.discarding
+        return self.server.read_buffer[: RESERVED_READ if big else SMALL_BODY if self.head_done else HEAD_READ]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self.server.read_buffer[:nbytes])  # the parser copies what it keeps
+
+    def data_received(self, data: bytes | memoryview) -> None:
         if self.discarding or self.closed:
             return
         try:

@@ -284,16 +284,26 @@ def test_slow_clients_hold_little_memory_and_are_closed_by_the_timeouts(tmp_path
             f"POST /models/sum/invoke HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy\r\n"
             f"Content-Length: {len(LARGE_BODY)}\r\n\r\n"
         ).encode()
-        for _ in range(500):
-            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
-            sock.sendall(head)
-            sock.setblocking(False)
-            stalled.append(sock)
+        # The front is stopped while every client sends its head and the start of its body, so each
+        # connection's first read finds both: what a slow (or busy) server meets, made certain.
+        offsets: list[int] = []
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            for _ in range(500):
+                sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+                sock.sendall(head)
+                sock.setblocking(False)
+                try:
+                    offsets.append(sock.send(LARGE_BODY[:262144]))
+                except OSError:
+                    offsets.append(0)
+                stalled.append(sock)
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
         half_open = socket.create_connection(("127.0.0.1", server.port), timeout=10)
         half_open.sendall(b"POST /models/sum/invoke HTTP/1.1\r\nHost: x\r\nContent-Ty")
         stalled.append(half_open)
-        offsets = [0] * 500
         body = LARGE_BODY[: len(LARGE_BODY) - 4096]  # each stops 4 KiB short
         peak = before
         served_meanwhile = 0
