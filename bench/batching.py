@@ -53,8 +53,8 @@ from bench.common import (
 from bench.peers import peerenv
 from bench.peers.client import KeepAlive, run_load, timed
 from bench.peers.servers import APPS, TorchServe
-from torch_mme import processes
-from torch_mme.local_server import LocalServer
+from torch_mme.runtime import processes
+from torch_mme.tools.local_server import LocalServer
 
 NPY = "application/x-npy"
 WIDTH, DEPTH = 2048, 4
@@ -343,7 +343,7 @@ def metrics_call_us(calls: int) -> dict[str, float]:
     """Microseconds per call, in this process, of what metrics add to a request: the front's
     ``ModelMetrics.invoked`` (with the handler's timing header) and the handler's ``format_timing``."""
     from handler.timing import format_timing
-    from torch_mme.metrics import ModelMetrics
+    from torch_mme.runtime.metrics import ModelMetrics
 
     metrics, now = ModelMetrics(), time.time()
     value = format_timing(now, 0.0005, 1)

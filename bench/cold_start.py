@@ -30,8 +30,8 @@ from bench.common import (
     write_model,
     write_results,
 )
-from torch_mme import processes
-from torch_mme.local_server import LocalServer
+from torch_mme.runtime import processes
+from torch_mme.tools.local_server import LocalServer
 
 MB = 2**20
 MODES = (("fresh Python per model (before)", "false"), ("forked from the template (after)", "true"))

@@ -1,7 +1,7 @@
 """The local SageMaker endpoint (``torch-mme endpoint``): cache hit vs. miss, and many models under Zipf, in one run.
 
 Every model is a scripted ``nn.Linear(16, 4)`` packed ONCE with
-``torch_mme.packaging.pack``; each target in the store is a copy of that
+``torch_mme.tools.packaging.pack``; each target in the store is a copy of that
 ``.tar.gz``, so targets differ only in name (and so in container model name).
 Requests go through boto3's ``invoke_endpoint(TargetModel=...)`` with a JSON
 body of one row of 16 floats; each part starts its own ``torch-mme serve``
@@ -65,13 +65,13 @@ from bench.common import (
     write_model,
     write_results,
 )
-from handler.settings import Settings
-from torch_mme import processes
-from torch_mme.admission import Admission
 from torch_mme.endpoint.naming import model_name
-from torch_mme.local_server import LocalEndpoint, LocalServer
-from torch_mme.packaging import pack
-from torch_mme.registry import Registry
+from torch_mme.runtime import processes
+from torch_mme.runtime.admission import Admission
+from torch_mme.runtime.registry import Registry
+from torch_mme.settings import Settings
+from torch_mme.tools.local_server import LocalEndpoint, LocalServer
+from torch_mme.tools.packaging import pack
 
 MB = 2**20
 ENDPOINT_NAME = "local"

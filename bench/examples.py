@@ -1,6 +1,6 @@
 """The four example models through ``torch-mme serve`` vs. in-process, and their LoadModel times, in one run.
 
-The models are the ones ``torch_mme.examples`` builds (tabular regressor, image classifier,
+The models are the ones ``torch_mme.tools.examples`` builds (tabular regressor, image classifier,
 safetensors classifier, all-MiniLM-L6-v2 text embeddings), each written to ``<root>/<name>/model``
 and served by one ``LocalServer`` whose ``TORCH_MME_DEPS_DIR`` is a fresh empty folder.
 
@@ -45,8 +45,8 @@ from typing import IO, Any
 import numpy as np
 
 from bench.common import REPO_ROOT, finish, header_lines, new_result, summarize, tail, write_results
-from torch_mme import examples
-from torch_mme.local_server import LocalServer
+from torch_mme.tools import examples
+from torch_mme.tools.local_server import LocalServer
 
 LOAD_TIMEOUT_S = 300
 """serve's ``--timeout``: the text model's cold load installs transformers (as the integration test does)."""
@@ -94,7 +94,7 @@ def child_main(model_dir: str, name: str) -> int:
 
     from handler import model as handler_model
     from handler import requirements
-    from handler.settings import Settings
+    from torch_mme.settings import Settings
 
     settings = Settings.from_env()
     deps = requirements.prepare(model_dir, settings, name)
@@ -417,7 +417,7 @@ def markdown(result: dict[str, Any]) -> str:
         "# example models: `torch-mme serve` vs. in-process, and LoadModel with a cold and a warm deps folder",
         "",
         *header_lines(result),
-        f"- models: the four of `torch_mme.examples`, built in {result['build_s']:.1f} s; one `torch-mme serve` "
+        f"- models: the four of `torch_mme.tools.examples`, built in {result['build_s']:.1f} s; one `torch-mme serve` "
         f"(1 worker per model, `--timeout {LOAD_TIMEOUT_S}`), `TORCH_MME_DEPS_DIR` a fresh empty folder",
         f"- serve: one keep-alive `http.client` connection per model to `/models/<name>/invoke`, the model's own "
         f"sample body and Content-Type, Accept as given; {sizes['requests']} requests after {sizes['warmup']} "

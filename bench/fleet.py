@@ -525,7 +525,7 @@ def check_against_endpoint(
     from bench.common import request_body, write_model
     from bench.endpoint import delta, invoke, read_metrics, running, start_endpoint
     from torch_mme.endpoint.naming import model_name
-    from torch_mme.packaging import pack
+    from torch_mme.tools.packaging import pack
 
     # the artifacts are 2 kB whatever they declare: their download and load are the fixed parts alone
     costs = replace(costs or Costs.measured(), load_ms_per_mb=0.0, download_ms_per_mb=0.0)

@@ -51,8 +51,8 @@ from bench.common import (
     write_model,
     write_results,
 )
-from torch_mme import processes
-from torch_mme.local_server import LocalServer
+from torch_mme.runtime import processes
+from torch_mme.tools.local_server import LocalServer
 
 MIB = 2**20
 DRIFT_GOAL = 0.05

@@ -36,7 +36,7 @@ from bench.common import (
 )
 from bench.peers.client import raw_request, run_load
 from bench.peers.models import KINDS, write_compute_model
-from torch_mme.local_server import LocalServer
+from torch_mme.tools.local_server import LocalServer
 
 CLIENTS = (1, 4, 16)
 

@@ -24,7 +24,7 @@ from bench.common import (
     write_model,
     write_results,
 )
-from torch_mme.local_server import LocalServer
+from torch_mme.tools.local_server import LocalServer
 
 FORMS = {
     "none": "no code/requirements.txt",

@@ -45,8 +45,8 @@ from bench.common import (
     summarize,
     tail,
 )
-from torch_mme import processes
-from torch_mme.local_server import LocalServer
+from torch_mme.runtime import processes
+from torch_mme.tools.local_server import LocalServer
 
 MB = 10**6
 GIB = 2**30

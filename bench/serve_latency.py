@@ -50,7 +50,7 @@ from bench.common import (
     write_results,
 )
 from handler import model as handler_model
-from torch_mme.local_server import LocalServer
+from torch_mme.tools.local_server import LocalServer
 
 INVOKE_NAME = "bench-invoke"
 LOAD_PREFIX = "bench-load"

@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import KeepAliveClient, finish, header_lines, json_error_problem, new_result, tail, write_results
-from torch_mme import processes
-from torch_mme.local_server import LocalServer
+from torch_mme.runtime import processes
+from torch_mme.tools.local_server import LocalServer
 
 MIB = 2**20
 MODELS = 20

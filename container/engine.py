@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from torch_mme.local_server import LocalServer
+from torch_mme.tools.local_server import LocalServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRATCH = Path(os.environ.get("TORCH_MME_CONTAINER_SCRATCH", "/var/tmp/torch-mme-container"))

@@ -23,7 +23,7 @@ Answer: {"labels": [7], "probabilities": [[10 floats]]} (JSON; .npz when asked).
 
 import sys
 
-from torch_mme.examples import CLASSIFIER_NAME, main
+from torch_mme.tools.examples import CLASSIFIER_NAME, main
 
 if __name__ == "__main__":
     sys.exit(main(CLASSIFIER_NAME, description=__doc__))

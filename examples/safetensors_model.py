@@ -18,7 +18,7 @@ order, or one object or row; text/csv rows too. Answer: {"labels": [0], "probabi
 
 import sys
 
-from torch_mme.examples import SAFETENSORS_NAME, main
+from torch_mme.tools.examples import SAFETENSORS_NAME, main
 
 if __name__ == "__main__":
     sys.exit(main(SAFETENSORS_NAME, description=__doc__))

@@ -21,7 +21,7 @@ asks. A wrong number of values, an unknown or missing feature, or a value that i
 
 import sys
 
-from torch_mme.examples import REGRESSOR_NAME, main
+from torch_mme.tools.examples import REGRESSOR_NAME, main
 
 if __name__ == "__main__":
     sys.exit(main(REGRESSOR_NAME, description=__doc__))

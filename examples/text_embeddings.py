@@ -26,7 +26,7 @@ The cosine of "A man is eating food." and "A man is eating a piece of bread." is
 
 import sys
 
-from torch_mme.examples import EMBEDDINGS_NAME, main
+from torch_mme.tools.examples import EMBEDDINGS_NAME, main
 
 if __name__ == "__main__":
     sys.exit(main(EMBEDDINGS_NAME, description=__doc__))

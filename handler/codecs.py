@@ -24,7 +24,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from handler.errors import BadRequest, NotAcceptable, UnsupportedAccept, UnsupportedContentType
+from torch_mme.errors import BadRequest, NotAcceptable, UnsupportedAccept, UnsupportedContentType
 
 JSON = "application/json"
 CSV = "text/csv"
@@ -175,7 +175,7 @@ def _check_npy_header(stream: BinaryIO, limit: int, what: str) -> int:
 
 def _check_size(elements: int, itemsize: int, limit: int, what: str) -> int:
     """``elements * itemsize`` bytes, refused with 413 when over ``limit`` (before anything is allocated)."""
-    from handler.errors import PayloadTooLarge
+    from torch_mme.errors import PayloadTooLarge
 
     size = elements * itemsize
     if size > limit:
@@ -221,7 +221,7 @@ def decode(body: bytes, content_type: str | None, limit: int | None = None) -> n
     if decoder is None:
         raise UnsupportedContentType(f"Content-Type {kind!r} is not supported; use one of {sorted(DECODERS)}")
     if limit is None:  # a loaded model passes its own: reading the environment costs more than decoding
-        from handler.settings import Settings
+        from torch_mme.settings import Settings
 
         limit = Settings.from_env().max_decoded_bytes
     return decoder(body, limit)

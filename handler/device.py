@@ -6,8 +6,8 @@ import gc
 
 import torch
 
-from handler.errors import OutOfMemory
-from handler.memory import estimate_weights
+from torch_mme.errors import OutOfMemory
+from torch_mme.memory import estimate_weights
 
 MB = 2**20
 LOAD_FACTOR = 1.2

@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from handler import load_report
-from handler.errors import HandlerError, ModelLoadError, OutOfMemory, brief, is_out_of_memory
 from handler.service import PyTorchHandler
-from handler.settings import Settings
+from torch_mme import load_report
+from torch_mme.errors import HandlerError, ModelLoadError, OutOfMemory, brief, is_out_of_memory
+from torch_mme.settings import Settings
 
 log = logging.getLogger("handler")
 _service = PyTorchHandler()

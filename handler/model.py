@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from handler import codecs
-from handler.errors import (
+from handler.user_code import SCRIPT, Hook, find_hooks, import_script
+from torch_mme.errors import (
     BadRequest,
     HandlerError,
     ModelLoadError,
@@ -27,7 +28,6 @@ from handler.errors import (
     is_out_of_memory,
     toolkit_status_error,
 )
-from handler.user_code import SCRIPT, Hook, find_hooks, import_script
 
 log = logging.getLogger(__name__)
 

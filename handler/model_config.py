@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from handler.errors import BadRequest
+from torch_mme.errors import BadRequest
 
 FILE = "torch-mme.json"
 MAX_BYTES = 64 * 2**10

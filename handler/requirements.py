@@ -101,8 +101,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from handler.errors import DependencyInstallError
-from handler.settings import Settings, default_deps_dir
+from torch_mme.errors import DependencyInstallError
+from torch_mme.settings import Settings, default_deps_dir
 
 log = logging.getLogger(__name__)
 

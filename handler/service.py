@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from handler import codecs, timing
-from handler.errors import (
+from torch_mme.errors import (
     MAX_MESSAGE,
     HandlerError,
     ModelLoadError,
@@ -28,7 +28,7 @@ from handler.errors import (
     brief,
     is_out_of_memory,
 )
-from handler.settings import Settings
+from torch_mme.settings import Settings
 
 log = logging.getLogger(__name__)
 

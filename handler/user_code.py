@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from handler.errors import ModelLoadError, brief
+from torch_mme.errors import ModelLoadError, brief
 
 HOOKS = ("pre_model_fn", "model_fn", "model_warmup_fn", "input_fn", "predict_fn", "output_fn", "transform_fn")
 SCRIPT = "inference.py"

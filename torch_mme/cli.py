@@ -7,9 +7,9 @@ import logging
 import os
 import sys
 
-from handler.settings import Settings
-from torch_mme import packaging
 from torch_mme.endpoint import main as endpoint_main
+from torch_mme.settings import Settings
+from torch_mme.tools import packaging
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -90,12 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "package":
         return packaging.run(args)
     if args.command == "serve":
-        from torch_mme.serve import serve
+        from torch_mme.runtime.serve import serve
 
         if settings.models_root and not os.path.isabs(settings.models_root):
             settings = settings.with_overrides(models_root=os.path.abspath(settings.models_root))
         return serve(settings)
-    from torch_mme.demo import run_demo
+    from torch_mme.tools.demo import run_demo
 
     return run_demo(port=args.port, workdir=args.workdir)
 

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from handler.settings import user_cache_dir
+from torch_mme.settings import user_cache_dir
 
 TORCH = "torch==2.13.0"
 PEERS = ("torchserve==0.12.0", "torch-model-archiver==0.12.0", "pyyaml")

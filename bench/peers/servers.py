@@ -23,8 +23,8 @@ from urllib.parse import urlencode
 import psutil
 
 from bench.common import JSON_TYPE, tail
-from torch_mme import processes
-from torch_mme.local_server import LocalServer, free_port
+from torch_mme.runtime import processes
+from torch_mme.tools.local_server import LocalServer, free_port
 
 APPS = Path(__file__).resolve().parent / "apps"
 START_TIMEOUT_S = 120.0

@@ -26,9 +26,9 @@ from mms.context import Context, RequestProcessor
 
 from handler.entry import _as_load_error
 from handler.service import PyTorchHandler
-from handler.settings import Settings
 from tests.compat import zoo
 from tests.integration.conftest import logged_server
+from torch_mme.settings import Settings
 
 JSON = "application/json"
 CSV = "text/csv"

@@ -18,8 +18,8 @@ import torch
 
 from tests.compat import zoo
 from tests.s3 import KEY, REGION, moto_s3
-from torch_mme.local_server import LocalEndpoint
-from torch_mme.packaging import pack
+from torch_mme.tools.local_server import LocalEndpoint
+from torch_mme.tools.packaging import pack
 
 sagemaker = pytest.importorskip("sagemaker", reason="the SageMaker Python SDK is in the test extras")
 

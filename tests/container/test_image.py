@@ -17,8 +17,8 @@ import torch
 from container.engine import CONTAINER_MODELS_ROOT, ContainerServer, Engine
 from tests.integration.conftest import write_script_model, write_torchscript
 from tests.integration.test_serve import SCALED_MODEL, npy, unique
-from torch_mme.local_server import LocalEndpoint
-from torch_mme.packaging import pack
+from torch_mme.tools.local_server import LocalEndpoint
+from torch_mme.tools.packaging import pack
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(1200)]
 
@@ -97,7 +97,7 @@ def test_two_models_with_different_inputs_answer_like_in_process_torch(container
 
 JAVA_CWD = """
 import os, psutil
-from torch_mme import mms_java
+from torch_mme.runtime import mms_java
 main = "com.amazonaws.ml.mms.ModelServer"
 java = next(p for p in psutil.process_iter(["cmdline"]) if main in (p.info["cmdline"] or []))
 print(os.path.isfile(os.path.join(java.cwd(), mms_java.CLASS)), len(list(mms_java.PACKAGE_DIR.glob("classes-*"))))

@@ -12,7 +12,7 @@ import psutil
 import pytest
 import torch
 
-from torch_mme.local_server import LocalServer
+from torch_mme.tools.local_server import LocalServer
 
 
 def write_torchscript(model_dir: Path, seed: int = 0, features: int = 3, outputs: int = 2) -> torch.nn.Module:

@@ -17,8 +17,8 @@ import torch
 from tests.integration.conftest import write_script_model, write_torchscript
 from tests.integration.test_memory import declared_model
 from tests.s3 import moto_s3
-from torch_mme.local_server import LocalEndpoint, LocalServer
-from torch_mme.packaging import pack
+from torch_mme.tools.local_server import LocalEndpoint, LocalServer
+from torch_mme.tools.packaging import pack
 
 NPY_MODEL = """
     import io

@@ -31,8 +31,8 @@ from PIL import Image  # noqa: E402  (multi-model-server depends on Pillow)
 
 from handler.requirements import MARKER, requirements_key  # noqa: E402
 from tests.integration.conftest import logged_server  # noqa: E402
-from torch_mme import examples  # noqa: E402
-from torch_mme.local_server import LocalServer  # noqa: E402
+from torch_mme.tools import examples  # noqa: E402
+from torch_mme.tools.local_server import LocalServer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = {

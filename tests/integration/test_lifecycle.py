@@ -13,7 +13,7 @@ import time
 import psutil
 
 from tests.integration.conftest import descendants, write_torchscript
-from torch_mme.local_server import LocalServer, free_port
+from torch_mme.tools.local_server import LocalServer, free_port
 
 
 def cmdline(process: psutil.Process) -> list[str]:

@@ -17,8 +17,8 @@ import psutil
 import pytest
 
 from tests.integration.conftest import descendants, write_script_model, write_torchscript
-from torch_mme import processes
-from torch_mme.local_server import LocalServer
+from torch_mme.runtime import processes
+from torch_mme.tools.local_server import LocalServer
 
 BUDGET = {"TORCH_MME_MEMORY_BUDGET_MB": "2000", "TORCH_MME_MEMORY_HEADROOM_MB": "100"}
 SLOW = """

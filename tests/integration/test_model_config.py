@@ -9,7 +9,7 @@ import pytest
 
 from tests.answers import assert_same_answers
 from tests.integration.conftest import logged_server, write_torchscript
-from torch_mme import processes
+from torch_mme.runtime import processes
 
 BUDGET_MB = 3000
 

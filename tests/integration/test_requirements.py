@@ -16,7 +16,7 @@ import pytest
 
 from tests.integration.conftest import logged_server, write_script_model
 from tests.unit.test_requirements import build_wheel
-from torch_mme.local_server import LocalServer
+from torch_mme.tools.local_server import LocalServer
 
 MISSING = "nosuchpkg-torch-mme==9.9"
 

@@ -15,7 +15,7 @@ import psutil
 import torch
 
 from tests.integration.conftest import descendants, logged_server
-from torch_mme import processes
+from torch_mme.runtime import processes
 
 MODELS = 50
 PAGE = 7

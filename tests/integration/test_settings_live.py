@@ -7,7 +7,7 @@ import os
 import time
 
 from tests.integration.conftest import write_script_model, write_torchscript
-from torch_mme.local_server import LocalServer
+from torch_mme.tools.local_server import LocalServer
 
 SLOW_MODEL = """
     import time

@@ -10,8 +10,8 @@ import time
 import psutil
 
 from tests.integration.conftest import write_script_model, write_torchscript
-from torch_mme import processes
-from torch_mme.local_server import LocalServer
+from torch_mme.runtime import processes
+from torch_mme.tools.local_server import LocalServer
 
 STATE_PROBE = """
     import random
@@ -34,7 +34,7 @@ STATE_PROBE = """
 
 
 def template_of(server: LocalServer) -> psutil.Process:
-    found = [p for p in processes.tree(server.process.pid) if "torch_mme.template" in " ".join(p.cmdline())]
+    found = [p for p in processes.tree(server.process.pid) if "torch_mme.runtime.template" in " ".join(p.cmdline())]
     assert found, "no template process under serve"
     return min(found, key=lambda p: p.create_time())  # the template itself, not a model process forked from it
 
@@ -106,7 +106,9 @@ def _socket_of(template: psutil.Process) -> str:
 def test_the_slow_path_still_works_when_the_template_is_off(tmp_path):
     write_torchscript(tmp_path / "slow" / "model")
     with LocalServer(str(tmp_path), env={"TORCH_MME_FORK_SERVER": "false"}) as server:
-        assert not [p for p in processes.tree(server.process.pid) if "torch_mme.template" in " ".join(p.cmdline())]
+        assert not [
+            p for p in processes.tree(server.process.pid) if "torch_mme.runtime.template" in " ".join(p.cmdline())
+        ]
         assert server.load("slow", str(tmp_path / "slow" / "model"))[0] == 200
         assert server.invoke("slow", b"[[1, 2, 3]]", "application/json")[0] == 200
         assert server.unload("slow") == 200

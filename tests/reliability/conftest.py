@@ -21,8 +21,8 @@ import pytest
 from bench.common import KeepAliveClient as Client  # noqa: F401 - the tests' HTTP client
 from bench.common import json_error_problem
 from tests.integration.conftest import descendants, write_script_model, write_torchscript  # noqa: F401
-from torch_mme import processes
-from torch_mme.local_server import LocalServer
+from torch_mme.runtime import processes
+from torch_mme.tools.local_server import LocalServer
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 FIGURES: dict[str, dict[str, Any]] = {}

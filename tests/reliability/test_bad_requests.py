@@ -26,7 +26,6 @@ from hypothesis import strategies as st
 from mms.context import Context, RequestProcessor
 
 from handler.service import PyTorchHandler
-from handler.settings import Settings
 from tests.reliability.conftest import (
     Client,
     assert_short_json_error,
@@ -37,6 +36,7 @@ from tests.reliability.conftest import (
     write_script_model,
     write_torchscript,
 )
+from torch_mme.settings import Settings
 
 REQUESTS = 10_000
 THREADS = 6

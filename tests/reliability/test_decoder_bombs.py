@@ -23,7 +23,7 @@ from tests.reliability.conftest import (
     worker_identity,
     write_torchscript,
 )
-from torch_mme import processes
+from torch_mme.runtime import processes
 
 MAX_GROWTH_MB = 100
 

@@ -26,8 +26,8 @@ from tests.reliability.conftest import (
     write_script_model,
     write_torchscript,
 )
-from torch_mme import processes
-from torch_mme.local_server import LocalEndpoint
+from torch_mme.runtime import processes
+from torch_mme.tools.local_server import LocalEndpoint
 
 TIMEOUT_S = 3
 RECOVERY_S = 60.0

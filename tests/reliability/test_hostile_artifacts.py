@@ -19,7 +19,7 @@ import torch
 from tests.integration.test_endpoint import invoke, publish
 from tests.reliability.conftest import assert_short_json_error, record, start_server, stop_server, write_torchscript
 from torch_mme.endpoint import archive
-from torch_mme.local_server import LocalEndpoint
+from torch_mme.tools.local_server import LocalEndpoint
 
 
 def _model_bytes() -> bytes:

@@ -22,7 +22,7 @@ from tests.reliability.conftest import (
     worker_identity,
     write_script_model,
 )
-from torch_mme import mms_java
+from torch_mme.runtime import mms_java
 
 LENGTHY = """
     def model_fn(model_dir):

@@ -20,7 +20,7 @@ import pytest
 
 from tests.integration.conftest import write_script_model, write_torchscript
 from tests.reliability.conftest import record, start_server, stop_server
-from torch_mme import processes
+from torch_mme.runtime import processes
 
 CLIENT = '''
 def ask_template(path, argv, cwd="/"):
@@ -69,7 +69,7 @@ ask_template = namespace["ask_template"]
 
 
 def template_socket(server) -> str:
-    found = [p for p in processes.tree(server.process.pid) if "torch_mme.template" in " ".join(p.cmdline())]
+    found = [p for p in processes.tree(server.process.pid) if "torch_mme.runtime.template" in " ".join(p.cmdline())]
     assert found, "no template under serve"
     return min(found, key=lambda p: p.create_time()).cmdline()[-1]
 
@@ -135,7 +135,7 @@ def test_legitimate_loads_still_fork_from_the_template(world):
     server, root = world["server"], world["root"]
     assert server.load("legit", str(root / "legit" / "model"))[0] == 200
     assert server.invoke("legit", b"[[1, 2, 3]]", "application/json")[0] == 200
-    template = [p for p in processes.tree(server.process.pid) if "torch_mme.template" in " ".join(p.cmdline())]
+    template = [p for p in processes.tree(server.process.pid) if "torch_mme.runtime.template" in " ".join(p.cmdline())]
     template_pid = min(template, key=lambda p: p.create_time()).pid
     assert any(p.ppid() == template_pid for p in processes.model_processes(server.process.pid, "legit"))
     assert not Path(world["canary"]).exists()

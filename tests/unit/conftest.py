@@ -23,7 +23,7 @@ import torch
 from mms.context import Context, RequestProcessor
 
 from handler.service import PyTorchHandler
-from handler.settings import Settings
+from torch_mme.settings import Settings
 
 JSON = "application/json"
 CSV = "text/csv"

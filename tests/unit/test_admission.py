@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import os
 
-from handler.memory import MemoryReading
-from handler.settings import Settings
-from torch_mme.admission import MB, Admission
-from torch_mme.registry import ModelRecord, Registry
+from torch_mme.memory import MemoryReading
+from torch_mme.runtime.admission import MB, Admission
+from torch_mme.runtime.registry import ModelRecord, Registry
+from torch_mme.settings import Settings
 
 
 def reading(available_mb: int) -> MemoryReading:

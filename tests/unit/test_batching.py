@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from handler.errors import ModelLoadError
 from tests.answers import assert_same_answers
 from tests.unit.conftest import CSV, JSON, NPY, npy_bytes
+from torch_mme.errors import ModelLoadError
 
 COUNTING = """
     import torch

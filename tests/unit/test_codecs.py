@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from handler import codecs
-from handler.errors import BadRequest, NotAcceptable, UnsupportedAccept, UnsupportedContentType
+from torch_mme.errors import BadRequest, NotAcceptable, UnsupportedAccept, UnsupportedContentType
 
 
 def npy(array, allow_pickle=False):

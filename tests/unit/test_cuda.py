@@ -13,10 +13,10 @@ import torch
 from mms.context import Context
 
 import handler.entry
-from handler.errors import OutOfMemory
 from handler.service import PyTorchHandler
-from handler.settings import Settings
 from tests.unit.conftest import make_batch
+from torch_mme.errors import OutOfMemory
+from torch_mme.settings import Settings
 
 
 def make_context(model_dir, name, gpu):

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from handler import codecs
-from handler.errors import BadRequest, PayloadTooLarge
 from tests import bombs
+from torch_mme.errors import BadRequest, PayloadTooLarge
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,7 +34,7 @@ def npy(array: np.ndarray) -> bytes:
 MEASURE = """
 import json, resource, sys, time
 from handler import codecs
-from handler.errors import HandlerError
+from torch_mme.errors import HandlerError
 body = open(sys.argv[1], "rb").read()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 started = time.monotonic()

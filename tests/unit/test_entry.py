@@ -9,9 +9,9 @@ import pytest
 
 import handler.entry
 from handler.entry import handle
-from handler.errors import ModelLoadError, ModelOutsideRoot
 from handler.service import PyTorchHandler
 from tests.unit.conftest import NET_CLASS
+from torch_mme.errors import ModelLoadError, ModelOutsideRoot
 
 X = [[1.0, 2.0, 3.0]]
 

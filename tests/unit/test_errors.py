@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from handler import errors
-from handler.errors import is_out_of_memory
+from torch_mme import errors
+from torch_mme.errors import is_out_of_memory
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from handler import device
-from handler.errors import OutOfMemory
+from torch_mme.errors import OutOfMemory
 
 MB = 2**20
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from torch_mme.httpserver import ByteBudget, HttpServer, Limits, QueueFull, Request, Response
-from torch_mme.upstream import UnsafeRequest, check_request
+from torch_mme.runtime.httpserver import ByteBudget, HttpServer, Limits, QueueFull, Request, Response
+from torch_mme.runtime.upstream import UnsafeRequest, check_request
 
 
 class Running:

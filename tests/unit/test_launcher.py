@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from torch_mme import launcher
+from torch_mme.runtime import launcher
 
 LAUNCHER_DIR = str(Path(launcher.__file__).parent)
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from handler.memory import MIB, Footprint, MemoryReading, estimate_weights, read_memory
+from torch_mme.memory import MIB, Footprint, MemoryReading, estimate_weights, read_memory
 
 GIB = 2**30
 KB = 1024
@@ -149,7 +149,7 @@ def test_this_machine_gives_a_reading():
 
 
 def test_the_module_does_not_import_torch():
-    code = "import sys, handler.memory; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, torch_mme.memory; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
 
 
@@ -430,9 +430,9 @@ def test_an_empty_dir(tmp_path):
 
 
 def test_admission_without_a_readable_memory_source_relies_on_the_budget(tmp_path):
-    from handler.settings import Settings
-    from torch_mme.admission import MB, Admission
-    from torch_mme.registry import Registry
+    from torch_mme.runtime.admission import MB, Admission
+    from torch_mme.runtime.registry import Registry
+    from torch_mme.settings import Settings
 
     def unreadable():
         raise OSError("no /proc/meminfo")

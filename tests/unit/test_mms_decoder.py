@@ -1,4 +1,4 @@
-"""torch-mme's replacement of MMS's response decoder (torch_mme/java): any cut of a response decodes the same.
+"""torch-mme's replacement of MMS's response decoder (torch_mme/runtime/java): any cut of a response decodes the same.
 
 Frames come from MMS's own Python encoder (``create_predict_response``) with
 the handler's real responses; tests/java/DecoderCheck.java feeds each one to
@@ -17,7 +17,7 @@ import pytest
 from mms.context import Context, RequestProcessor
 from mms.protocol.otf_message_handler import create_predict_response
 
-from torch_mme import mms_java
+from torch_mme.runtime import mms_java
 
 CHECK = Path(__file__).resolve().parents[1] / "java" / "DecoderCheck.java"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from mms.context import Context, RequestProcessor
 
 from handler.service import PyTorchHandler, ascii_safe
-from handler.settings import Settings
+from torch_mme.settings import Settings
 
 
 def test_ascii_safe_escapes_everything_outside_printable_ascii():

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from handler.errors import ModelLoadError, ModelOutsideRoot, OutOfMemory
 from handler.service import PyTorchHandler, check_inside
-from handler.settings import Settings
 from tests.unit.conftest import NET_CLASS
+from torch_mme.errors import ModelLoadError, ModelOutsideRoot, OutOfMemory
+from torch_mme.settings import Settings
 
 X = [[1.0, 2.0, 3.0], [-0.5, 0.25, 4.0]]
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from torch_mme import packaging
 from torch_mme.endpoint.archive import extract
-from torch_mme.packaging import InvalidModel, pack, validate
+from torch_mme.tools import packaging
+from torch_mme.tools.packaging import InvalidModel, pack, validate
 
 MODEL_FN = """
     import os

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from torch_mme import processes, template
+from torch_mme.runtime import processes, template
 
 SLEEPER = "import subprocess, sys, time; {spawn}time.sleep(60)"
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from handler import requirements
-from handler.errors import DependencyInstallError, ModelLoadError
 from handler.requirements import MARKER, prepare, requirements_key
-from handler.settings import Settings, default_deps_dir
+from torch_mme.errors import DependencyInstallError, ModelLoadError
+from torch_mme.settings import Settings, default_deps_dir
 
 MISSING = "nosuchpkg-torch-mme==9.9"
 
@@ -432,7 +432,7 @@ def test_settings_from_the_environment(monkeypatch, tmp_path):
 
 
 def test_serve_exports_the_default_deps_dir(monkeypatch, tmp_path):
-    from torch_mme.serve import mms_environment, prepare_run_dir
+    from torch_mme.runtime.serve import mms_environment, prepare_run_dir
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     env = mms_environment(prepare_run_dir(Settings(run_dir=str(tmp_path / "run"))))

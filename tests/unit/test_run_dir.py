@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from handler.settings import Settings
-from torch_mme.local_server import free_port
-from torch_mme.serve import ServeError, claim_run_dir, prepare_run_dir, remove_run_dir
+from torch_mme.runtime.serve import ServeError, claim_run_dir, prepare_run_dir, remove_run_dir
+from torch_mme.settings import Settings
+from torch_mme.tools.local_server import free_port
 
 
 def serve_with_run_dir(tmp_path: Path, run_dir: Path) -> subprocess.CompletedProcess[str]:

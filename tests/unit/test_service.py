@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from handler.settings import Settings
+from torch_mme.settings import Settings
 
 JSON = "application/json"
 CSV = "text/csv"
@@ -396,7 +396,7 @@ def test_input_fn_value_error_is_400(models, serve, codec_helpers):
 
 def test_input_fn_raising_a_typed_error_keeps_its_status(models, serve, codec_helpers):
     hooks = """
-        from handler.errors import UnsupportedContentType
+        from torch_mme.errors import UnsupportedContentType
 
 
         def input_fn(body, content_type):

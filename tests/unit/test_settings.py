@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from handler.settings import Settings
+from torch_mme.settings import Settings
 
 
 def test_from_env_of_an_empty_environment_is_the_defaults():

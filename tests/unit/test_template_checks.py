@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from torch_mme import template
+from torch_mme.runtime import template
 
 
 def test_the_peer_credentials_come_from_the_kernel():

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from handler.settings import Settings
-from torch_mme.front import Front
-from torch_mme.httpserver import Request, Response
-from torch_mme.upstream import Upstream, UpstreamError, UpstreamTimeout
+from torch_mme.runtime.front import Front
+from torch_mme.runtime.httpserver import Request, Response
+from torch_mme.runtime.upstream import Upstream, UpstreamError, UpstreamTimeout
+from torch_mme.settings import Settings
 
 
 def test_a_model_server_that_never_answers_is_an_upstream_timeout(tmp_path):
@@ -97,7 +97,7 @@ def test_bodies_mms_would_split_into_fields_and_unsafe_values_are_refused_before
         calls: list = []
 
         async def request(self, method, path, headers=None, body=b"", **kwargs):
-            from torch_mme.upstream import check_request
+            from torch_mme.runtime.upstream import check_request
 
             check_request(method, path, headers or [])
             self.calls.append((method, path))

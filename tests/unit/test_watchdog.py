@@ -6,8 +6,8 @@ import asyncio
 
 import psutil
 
-from torch_mme import watchdog
-from torch_mme.registry import ModelRecord, Registry
+from torch_mme.runtime import watchdog
+from torch_mme.runtime.registry import ModelRecord, Registry
 
 
 class FakeProcess:

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.container_url:
         container_url, container_root = args.container_url, args.container_models_root or "/opt/ml/models"
     else:
-        from torch_mme.local_server import LocalServer
+        from torch_mme.tools.local_server import LocalServer
 
         server = LocalServer(models_root, log=sys.stderr)
         log.info("starting torch-mme serve for the endpoint (models root %s) ...", models_root)

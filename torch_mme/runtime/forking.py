@@ -18,7 +18,7 @@ import threading
 import time
 from importlib import resources
 
-log = logging.getLogger("torch_mme.forking")
+log = logging.getLogger("torch_mme.runtime.forking")
 
 SOCKET_ENV = "TORCH_MME_TEMPLATE_SOCKET"
 READY_TIMEOUT_S = 60.0
@@ -30,7 +30,7 @@ def install(run_dir: str) -> tuple[str, dict[str, str]]:
     bin_dir = os.path.join(run_dir, "bin")
     os.makedirs(bin_dir, exist_ok=True)
     launcher = os.path.join(bin_dir, "mms-python")
-    source = (resources.files("torch_mme") / "launcher.py").read_text()
+    source = (resources.files("torch_mme.runtime") / "launcher.py").read_text()
     write_executable(launcher, f"#!{sys.executable} -IS\n" + source.replace("@REAL_PYTHON@", sys.executable))
     private = os.path.join(run_dir, "template")  # the template listens only in a folder no one else can enter
     os.makedirs(private, mode=0o700, exist_ok=True)
@@ -59,7 +59,7 @@ class TemplateSupervisor:
 
     def _spawn(self) -> None:
         started = time.monotonic()
-        self.process = subprocess.Popen([sys.executable, "-m", "torch_mme.template", self.socket_path])
+        self.process = subprocess.Popen([sys.executable, "-m", "torch_mme.runtime.template", self.socket_path])
         while not os.path.exists(self.socket_path):
             if self.process.poll() is not None or time.monotonic() - started > READY_TIMEOUT_S:
                 log.warning("the template did not start; model processes start the slow way (a fresh Python)")

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import httptools
 
-log = logging.getLogger("torch_mme.httpserver")
+log = logging.getLogger("torch_mme.runtime.httpserver")
 
 SMALL_BODY = 64 * 2**10
 """Bodies up to this size are read at once; larger ones first reserve room in the receiving budget."""

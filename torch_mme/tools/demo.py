@@ -1,6 +1,6 @@
 """``torch-mme demo``: the whole multi-model flow on one machine, driven by boto3.
 
-Builds the example models of :mod:`torch_mme.examples` (a TorchScript regressor
+Builds the example models of :mod:`torch_mme.tools.examples` (a TorchScript regressor
 taking CSV, a digits classifier taking PNG pictures, a safetensors classifier
 taking JSON, and all-MiniLM-L6-v2 sentence embeddings taking plain text), packs
 each as a ``model.tar.gz`` into a local model store, starts ``torch-mme
@@ -42,12 +42,12 @@ OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 
 def run_demo(port: int = 0, workdir: str | None = None) -> int:
     try:
-        from torch_mme.examples import build_examples
+        from torch_mme.tools.examples import build_examples
     except ImportError as exc:
         print(f"the demo needs scikit-learn: pip install 'torch-mme[demo]' ({exc})")
         return 2
-    from torch_mme.local_server import LocalEndpoint
-    from torch_mme.packaging import pack
+    from torch_mme.tools.local_server import LocalEndpoint
+    from torch_mme.tools.packaging import pack
 
     root = Path(workdir or tempfile.mkdtemp(prefix="torch-mme-demo-"))
     store, models_root = root / "store", root / "models"
@@ -103,7 +103,7 @@ def _install_note(example: Any) -> str | None:
     if not example.installs:
         return None
     from handler.requirements import MARKER, requirements_key
-    from handler.settings import Settings, default_deps_dir
+    from torch_mme.settings import Settings, default_deps_dir
 
     settings = Settings.from_env()
     folder = Path(settings.deps_dir or default_deps_dir()) / requirements_key(str(example.model_dir / "code"))

@@ -349,7 +349,7 @@ class _Usage(Exception):
 
 def run(args: argparse.Namespace) -> int:
     """Execute parsed ``package`` arguments: 0 done, 1 a model is invalid or a step failed, 2 a usage error."""
-    from handler.settings import Settings
+    from torch_mme.settings import Settings
 
     program = getattr(args, "program", None) or Settings.from_env().program
     if getattr(args, "check", False):

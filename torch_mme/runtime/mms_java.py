@@ -9,7 +9,7 @@ folder that holds the corrected class, and nothing of MMS is modified.
 The class is compiled against the installed MMS jar by the Java compiler that
 every JDK and Debian's JRE carry (``java -m jdk.compiler/...``). It is kept in
 ``<this package>/java/classes-<key>`` when the image is built
-(``python -m torch_mme.mms_java``), else in the user's cache; the key covers
+(``python -m torch_mme.runtime.mms_java``), else in the user's cache; the key covers
 the source and the jar. Without a compiler, serve runs stock MMS and says so.
 """
 
@@ -26,9 +26,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from handler.settings import user_cache_dir
+from torch_mme.settings import user_cache_dir
 
-log = logging.getLogger("torch_mme.mms_java")
+log = logging.getLogger("torch_mme.runtime.mms_java")
 
 PACKAGE_DIR = Path(__file__).resolve().parent / "java"
 SOURCE = PACKAGE_DIR / "ModelResponseDecoder.java"

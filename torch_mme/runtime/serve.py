@@ -40,11 +40,11 @@ from importlib import resources
 
 import psutil
 
-from handler.settings import Settings, default_deps_dir
-from torch_mme import forking, mms_java
-from torch_mme.httpserver import Limits
+from torch_mme.runtime import forking, mms_java
+from torch_mme.runtime.httpserver import Limits
+from torch_mme.settings import Settings, default_deps_dir
 
-log = logging.getLogger("torch_mme.serve")
+log = logging.getLogger("torch_mme.runtime.serve")
 
 HANDLER_SERVICE = "handler.entry:handle"
 MMS_MAIN_CLASS = "com.amazonaws.ml.mms.ModelServer"
@@ -311,7 +311,7 @@ class Server:
 
         run_dir = self.settings.run_dir
         model_server.MMS_CONFIG_FILE = os.path.join(run_dir, "mms.properties")
-        model_server.DEFAULT_MMS_LOG_FILE = str(resources.files("torch_mme") / "etc" / "log4j2.xml")
+        model_server.DEFAULT_MMS_LOG_FILE = str(resources.files("torch_mme.runtime") / "etc" / "log4j2.xml")
         model_server._retry_retrieve_mms_server_process = self._find_own_mms
         model_server._add_sigterm_handler = lambda process: None  # ours stops the whole tree
         model_server._add_sigchild_handler = lambda: signal.signal(signal.SIGCHLD, _reap_children)
@@ -336,9 +336,9 @@ class Server:
         raise ServeError("MMS did not start (Java exited or hung); see its log above")
 
     def _run_front(self) -> None:
-        from torch_mme.front import Front
-        from torch_mme.httpserver import HttpServer
-        from torch_mme.upstream import Upstream
+        from torch_mme.runtime.front import Front
+        from torch_mme.runtime.httpserver import HttpServer
+        from torch_mme.runtime.upstream import Upstream
 
         try:
             import uvloop
@@ -377,7 +377,7 @@ class Server:
             upstream.close()
 
     async def _wait_for_mms(self, upstream) -> None:
-        from torch_mme.upstream import UpstreamError
+        from torch_mme.runtime.upstream import UpstreamError
 
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self.stopping.is_set():

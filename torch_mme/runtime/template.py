@@ -8,7 +8,7 @@ them). Fork safety: the template starts no threads, touches no GPU (importing
 torch does neither) and holds no sockets but its own listener, which children
 close; children reseed every random generator.
 
-Protocol (from ``torch_mme.launcher``): a length-prefixed JSON request
+Protocol (from ``torch_mme.runtime.launcher``): a length-prefixed JSON request
 ``{"argv", "env", "cwd"}`` with the launcher's fds 0-2 attached (SCM_RIGHTS);
 the template answers ``pid <n>`` and later ``exit <status>``. If the launcher
 goes away first (MMS killed it), the forked process group is killed.
@@ -17,7 +17,7 @@ Bookkeeping: for each fork, the template writes ``{"launcher": <pid>,
 "server": <pid>}`` to ``models/<model name>`` next to its socket (the launcher's
 pid from ``SO_PEERCRED``), before answering the launcher, and removes it when it
 reaps that server: the front finds a model's processes from it without
-scanning the process tree (``torch_mme.processes.recorded``).
+scanning the process tree (``torch_mme.runtime.processes.recorded``).
 
 Who may ask: the socket lives in a folder only this user can enter (0700,
 checked at start), and each connection is checked before anything is forked
@@ -47,7 +47,7 @@ import traceback
 MAX_REQUEST = 4 * 2**20
 RECEIVE_TIMEOUT_S = 10.0
 RECORDS = "models"
-"""The folder, next to the socket, of the per-model pid records (``torch_mme.processes.RECORDS``)."""
+"""The folder, next to the socket, of the per-model pid records (``torch_mme.runtime.processes.RECORDS``)."""
 
 
 def preload() -> None:

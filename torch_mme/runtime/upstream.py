@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import re
 
-from torch_mme.httpserver import Response
+from torch_mme.runtime.httpserver import Response
 
 HOP_BY_HOP = frozenset(
     {

@@ -15,10 +15,10 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from handler.memory import MemoryReading, estimate_weights, read_memory
-from handler.settings import Settings
-from torch_mme import processes
-from torch_mme.registry import Registry
+from torch_mme.memory import MemoryReading, estimate_weights, read_memory
+from torch_mme.runtime import processes
+from torch_mme.runtime.registry import Registry
+from torch_mme.settings import Settings
 
 MB = 2**20
 LOAD_FACTOR = 1.2

@@ -25,10 +25,10 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 
-from torch_mme import processes
-from torch_mme.registry import ModelRecord, Registry
+from torch_mme.runtime import processes
+from torch_mme.runtime.registry import ModelRecord, Registry
 
-log = logging.getLogger("torch_mme.watchdog")
+log = logging.getLogger("torch_mme.runtime.watchdog")
 
 EVERY_S = 2.0
 

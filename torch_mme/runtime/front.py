@@ -36,18 +36,19 @@ import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl, quote, unquote
 
-from handler import load_report, model_config, timing
-from handler.settings import Settings
-from torch_mme import processes
-from torch_mme.admission import MB, Admission
-from torch_mme.httpserver import ByteBudget, QueueFull, Request, Response, error_response, json_response
-from torch_mme.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from torch_mme.metrics import ModelMetrics
-from torch_mme.registry import ModelRecord, Registry
-from torch_mme.upstream import UnsafeRequest, Upstream, UpstreamError, UpstreamTimeout
-from torch_mme.watchdog import Watchdog
+from handler import model_config, timing
+from torch_mme import load_report
+from torch_mme.runtime import processes
+from torch_mme.runtime.admission import MB, Admission
+from torch_mme.runtime.httpserver import ByteBudget, QueueFull, Request, Response, error_response, json_response
+from torch_mme.runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from torch_mme.runtime.metrics import ModelMetrics
+from torch_mme.runtime.registry import ModelRecord, Registry
+from torch_mme.runtime.upstream import UnsafeRequest, Upstream, UpstreamError, UpstreamTimeout
+from torch_mme.runtime.watchdog import Watchdog
+from torch_mme.settings import Settings
 
-log = logging.getLogger("torch_mme.front")
+log = logging.getLogger("torch_mme.runtime.front")
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,254}")
 """What a model name may be (full match): SageMaker's names are opaque, MMS routes these."""
