@@ -12,7 +12,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["handler", "handler.*", "torch_mme", "torch_mme.*"]),
-    package_data={"torch_mme.runtime": ["etc/*", "java/*.java"]},
+    package_data={"torch_mme.runtime": ["etc/*", "java/*.java", "waiter.sh"]},
     install_requires=[
         # MMS 1.1.11 and sagemaker-inference 1.10 import pkg_resources, which setuptools>=81 dropped.
         "setuptools<81",
