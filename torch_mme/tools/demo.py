@@ -154,7 +154,7 @@ def _invoke_twice(client: Any, example: Any) -> str:
                     print(f"   - {target}: SKIPPED: {example.installs} could not be installed for it: {message}")
                     print(
                         "     (the first load needs pip's index, or wheels shipped in code/wheels/: "
-                        "python examples/text_embeddings.py --wheels)"
+                        "python examples/minilm-embeddings/build.py --wheels)"
                     )
                     return SKIPPED
                 print(f"   ! {target} failed: {message}")
