@@ -4,7 +4,8 @@ Copies code/ (beside this script) into DIR/diabetes-regressor/, trains the weigh
 DIR/diabetes-regressor.tar.gz:
 
     model.pt                 TorchScript 10 -> 32 -> 1 MLP (feature and target scaling inside), trained here
-    code/inference.py        input_fn/predict_fn/output_fn; no model_fn: the server loads model.pt
+    code/inference.py        input_fn/predict_fn; no model_fn (the server loads model.pt), no output_fn
+                             (the server encodes the answer as Accept asks)
     code/table_rows.py       a helper module beside inference.py: CSV and JSON rows -> float32
 
 Requests (the 10 raw features: age, sex, bmi, bp, s1..s6, in load_diabetes(scaled=False) units):

