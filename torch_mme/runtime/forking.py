@@ -33,6 +33,7 @@ def install(run_dir: str) -> tuple[str, dict[str, str]]:
     waiter = os.path.join(bin_dir, "waiter.sh")
     runtime = resources.files("torch_mme.runtime")
     write_executable(waiter, (runtime / "waiter.sh").read_text())
+    # launcher.py copied with its shebang, REAL_PYTHON and WAITER filled in: it runs -IS, importing nothing to find them
     source = (runtime / "launcher.py").read_text().replace("@REAL_PYTHON@", sys.executable)
     write_executable(launcher, f"#!{sys.executable} -IS\n" + source.replace("@WAITER@", waiter))
     private = os.path.join(run_dir, "template")  # the template listens only in a folder no one else can enter

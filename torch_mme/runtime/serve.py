@@ -253,6 +253,7 @@ def write_mms_shim(run_dir: str, launcher: str | None, java_dir: str | None) -> 
     path begins with "."; without it Java inherited the caller's working folder)."""
     bin_dir = os.path.join(run_dir, "bin")
     os.makedirs(bin_dir, exist_ok=True)
+    # generated, not a copied file: its shebang names this interpreter, its lines this run's launcher and Java folder
     lines = [f"#!{sys.executable}", "import os", "import sys"]
     if launcher:
         lines.append(f"sys.executable = {launcher!r}  # MMS starts each model's process with this")

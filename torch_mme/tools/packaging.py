@@ -34,25 +34,8 @@ SKIPPED_SUFFIXES = (".pyc",)
 COMPRESS_LEVEL = 6  # weights hardly compress; 9 costs much more time for almost nothing
 _MARKER = "@@torch-mme-validate@@ "
 
-# Run in the child: import the script as the handler does (its code/ folder first on sys.path) and report the hooks.
-_CHILD = """
-import importlib.util, json, sys
-code_dir, path, marker = sys.argv[1:4]
-sys.path[:] = [code_dir] + [p for p in sys.path if p not in ("", ".")]
-def report(**result):
-    sys.stdout.write("\\n" + marker + json.dumps(result) + "\\n")
-    sys.stdout.flush()
-try:
-    spec = importlib.util.spec_from_file_location("inference", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["inference"] = module
-    spec.loader.exec_module(module)
-except BaseException as exc:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    report(error=type(exc).__name__ + (": " + lines[-1] if lines else ""))
-else:
-    report(hooks=[name for name in json.loads(sys.argv[4]) if callable(getattr(module, name, None))])
-"""
+_PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hook_probe.py")
+"""Run as a script in the child: imports the user's script as the handler does and reports its hooks."""
 
 
 class InvalidModel(Exception):
@@ -188,7 +171,7 @@ def _no_artifact() -> str:
 
 def _import_hooks(model_dir: str, script: str, timeout: float) -> tuple[list[str], str | None]:
     """(hooks defined, None) or ([], what went wrong), from importing the script in a child process."""
-    command = [sys.executable, "-B", "-c", _CHILD, os.path.dirname(script), script, _MARKER, json.dumps(HOOKS)]
+    command = [sys.executable, "-B", _PROBE, os.path.dirname(script), script, _MARKER, json.dumps(HOOKS)]
     # its own session, so that on a timeout whatever the script started goes down with it
     with subprocess.Popen(
         command,
