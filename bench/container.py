@@ -37,6 +37,7 @@ BUILD_INPUTS = [
     "pyproject.toml",
     "handler",
     "torch_mme",
+    "examples",
     "container",
 ]
 CODE_FILE = "torch_mme/__init__.py"
