@@ -28,6 +28,7 @@ from bench import (
     scale,
     serve_latency,
     soak,
+    upstream,
 )
 
 BENCHMARKS = {
@@ -41,6 +42,7 @@ BENCHMARKS = {
     "examples": examples.run,
     "satisfied_requirements": satisfied_requirements.run,
     "soak": soak.run,
+    "upstream": upstream.run,
     "container": container.run,
     "revisions": revisions.run,
     "scale": scale.run,

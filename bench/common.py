@@ -177,3 +177,11 @@ def time_inproc(model: handler_model.Model, body: bytes, calls: int) -> list[flo
         model.encode(model.predict(model.decode(body, JSON_TYPE)), JSON_TYPE)
         samples.append(clock() - start)
     return samples
+
+
+def rotation(keys: list[str], chunk: int) -> list[str]:
+    """The order of ``keys`` in chunk ``chunk``: rotated by one each chunk, so none is always first or last."""
+    if not keys:
+        return []
+    shift = chunk % len(keys)
+    return keys[shift:] + keys[:shift]

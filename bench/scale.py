@@ -37,7 +37,6 @@ import torch
 from bench.common import (
     FEATURES,
     JSON_TYPE,
-    KeepAliveClient,
     finish,
     header_lines,
     new_result,
@@ -45,6 +44,7 @@ from bench.common import (
     summarize,
     tail,
 )
+from tests.support.http import KeepAliveClient
 from torch_mme.runtime import processes
 from torch_mme.tools.local_server import LocalServer
 
