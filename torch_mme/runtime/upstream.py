@@ -100,8 +100,8 @@ class Upstream:
                 raise UpstreamTimeout(f"the model server did not answer within {timeout:.0f} s") from None
             except (ConnectionError, asyncio.IncompleteReadError, UpstreamError) as exc:
                 writer.close()
-                if reused and attempt == 0:
-                    continue  # the pooled connection was closed by MMS; retry once on a fresh one
+                if reused and attempt == 0 and isinstance(exc, _ClosedBeforeAnswer):
+                    continue  # a pooled connection MMS closed while idle: once more on a fresh one
                 raise UpstreamError(f"model server connection failed: {exc}") from exc
             except BaseException:
                 writer.close()
@@ -125,8 +125,22 @@ class Upstream:
         self._idle.clear()
 
 
+class _ClosedBeforeAnswer(UpstreamError):
+    """The connection ended before the first byte of an answer: MMS closed it while it was idle in the pool.
+
+    Only this is sent again; a request whose answer was cut short is not (MMS may have run it already).
+    """
+
+
 async def _read_response(reader: asyncio.StreamReader) -> tuple[Response, bool]:
-    head = await reader.readuntil(b"\r\n\r\n")
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise
+        raise _ClosedBeforeAnswer("closed before answering") from exc
+    except ConnectionError as exc:
+        raise _ClosedBeforeAnswer(f"closed before answering: {exc}") from exc
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
     if len(parts) < 2 or not parts[1].isdigit():
