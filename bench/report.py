@@ -40,13 +40,15 @@ def bullets(items: Iterable[Any]) -> list[str]:
     return [f"- {item}" for item in items]
 
 
-def document(title: str, result: dict[str, Any] | None, *blocks: Block) -> str:
-    """``# title``, the result's header bullets (none without a result), then each block after a blank line."""
+def document(title: str, result: dict[str, Any] | None, *blocks: Block, facts: Iterable[str] = ()) -> str:
+    """``# title``, the result's header bullets (none without a result) and ``facts`` as more bullets, then each
+    block after a blank line; empty blocks are left out."""
     from bench.common import header_lines  # bench.common imports torch; a report alone need not
 
     lines = [f"# {title}", ""]
-    if result is not None:
-        lines += [*header_lines(result), ""]
+    head = [*(header_lines(result) if result is not None else []), *bullets(facts)]
+    if head:
+        lines += [*head, ""]
     for block in blocks:
         block_lines = [block] if isinstance(block, str) else list(block)
         if block_lines:
@@ -59,6 +61,11 @@ def verdict(passed: bool | None, why: str = "") -> str:
     if passed is None:
         return "not judged"
     return "**pass**" if passed else "**FAIL**" + (f": {why}" if why else "")
+
+
+def goals_table(goals: dict[str, bool], head: str = "goal") -> list[str]:
+    """One row per goal: ``PASS`` or ``FAIL``."""
+    return table([head, "result"], [(goal, "PASS" if ok else "FAIL") for goal, ok in goals.items()], "ll")
 
 
 def na(value: float | None, spec: str = ".2f") -> str:
