@@ -50,7 +50,7 @@ def document(title: str, result: dict[str, Any] | None, *blocks: Block, facts: I
     if head:
         lines += [*head, ""]
     for block in blocks:
-        block_lines = [block] if isinstance(block, str) else list(block)
+        block_lines = ([block] if block else []) if isinstance(block, str) else list(block)
         if block_lines:
             lines += [*block_lines, ""]
     return "\n".join(lines)
