@@ -63,6 +63,16 @@ def verdict(passed: bool | None, why: str = "") -> str:
     return "**pass**" if passed else "**FAIL**" + (f": {why}" if why else "")
 
 
+STATS = ("p50", "p99", "mean", "max")
+
+
+def stats_row(label: str, summary: dict[str, Any] | None, fmt: Any, keys: Sequence[str] = STATS) -> list[Any]:
+    """``[label, n, fmt(p50), ...]`` from a ``common.summarize`` dict; ``[label, 0, "", ...]`` without one."""
+    if summary is None:
+        return [label, 0, *("" for _ in keys)]
+    return [label, summary["n"], *(fmt(summary[k]) for k in keys)]
+
+
 def goals_table(goals: dict[str, bool], head: str = "goal") -> list[str]:
     """One row per goal: ``PASS`` or ``FAIL``."""
     return table([head, "result"], [(goal, "PASS" if ok else "FAIL") for goal, ok in goals.items()], "ll")
