@@ -30,6 +30,7 @@ from bench.common import (
     header_lines,
     new_result,
     request_body,
+    rotation,
     summarize,
     write_model,
     write_results,
@@ -84,12 +85,6 @@ def time_load(server: LocalServer, name: str, model_dir: Path) -> float:
     assert status == 200, answer
     assert server.unload(name) == 200
     return took
-
-
-def rotation(keys: list[str], chunk: int) -> list[str]:
-    """``keys`` rotated by ``chunk``: each side goes first in turn."""
-    shift = chunk % len(keys) if keys else 0
-    return keys[shift:] + keys[:shift]
 
 
 def throughput(servers: dict[str, LocalServer], body: bytes, chunks: int, seconds: float) -> dict[str, Any]:
