@@ -459,17 +459,30 @@ def ms(value: float) -> str:
     return f"{value:.1f} ms" if value < 1000 else f"{value / 1000:.2f} s"
 
 
-def table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = [
-        "| instances | hit ratio | misses/s | loads (downloads) | evictions | 507s | load slots busy | p50 | p99 |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+TABLE_HEAD = ("instances", "hit ratio", "misses/s", "loads (downloads)", "evictions", "507s", "load slots busy")
+TABLE_HEAD += ("p50", "p99")
+
+
+def table_row(r: dict[str, Any]) -> list[str]:
+    """One instance count's figures, as the CLI prints them and fleet.md tabulates them."""
+    return [
+        str(r["instances"]),
+        f"{r['hit_ratio']:.3f}",
+        f"{r['misses_per_s']:.2f}",
+        f"{r['loads']} ({r['downloads']})",
+        str(r["evictions"]),
+        str(r["errors"]),
+        f"{r['load_utilization']:.0%}",
+        ms(r["p50_ms"]),
+        ms(r["p99_ms"]),
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['instances']} | {r['hit_ratio']:.3f} | {r['misses_per_s']:.2f} | {r['loads']} ({r['downloads']}) | "
-            f"{r['evictions']} | {r['errors']} | {r['load_utilization']:.0%} | {ms(r['p50_ms'])} | {ms(r['p99_ms'])} |"
-        )
-    return lines
+
+
+def table(rows: list[dict[str, Any]]) -> list[str]:
+    """The sweep as a markdown table (bench/report.py's)."""
+    from bench.report import table as markdown_table
+
+    return markdown_table(TABLE_HEAD, [table_row(r) for r in rows], "r" * len(TABLE_HEAD))
 
 
 def parse_range(text: str) -> list[int]:
@@ -728,7 +741,8 @@ def plot(rows: list[dict[str, Any]], target_p99_ms: float, path: Path) -> None:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    from bench.common import header_lines
+    from bench.report import document
+    from bench.report import table as markdown_table
 
     sc, c, rows, chk = result["scenario"], result["costs"], result["rows"], result["check"]
     best = result["smallest_meeting_target"]
@@ -737,41 +751,6 @@ def markdown(result: dict[str, Any]) -> str:
         if not sc["model_mb_sigma"]
         else (f"lognormal, median {sc['model_mb']:g} MB, sigma {sc['model_mb_sigma']:g}")
     )
-    lines = [
-        "# fleet: how many instances? (simulated SageMaker MME fleet, `bench/fleet.py`)",
-        "",
-        *header_lines(result),
-        f"- scenario: {sc['models']} models ({sizes}); instances of {sc['instance_mb']:g} MB for models, "
-        f"{sc['workers']} invoke workers and {result['load_slots']} load slots each; Zipf({sc['zipf']:g}) "
-        f"requests, Poisson arrivals at {sc['rate']:g} req/s for {sc['duration_s']:g} s, seed {sc['seed']}; "
-        f"figures over the requests after the first {sc['warmup_s']:g} s (the fleet starts empty)",
-        f"- costs: invoke {c['invoke_ms']:.2f} ms, first invoke after a load {c['first_invoke_ms']:.1f} ms, "
-        f"LoadModel {c['load_fixed_ms']:.0f} ms + {c['load_ms_per_mb']:g} ms/MB, unload {c['unload_ms']:.0f} ms, "
-        f"download {c['download_fixed_ms']:.1f} ms + {c['download_ms_per_mb']:g} ms/MB; fixed parts from "
-        f"{c['source']} (per-MB: ~{1000 / c['download_ms_per_mb']:.0f} MB/s download, "
-        f"~{1000 / c['load_ms_per_mb']:.0f} MB/s load)",
-        "",
-        *table(rows),
-        "",
-        (
-            f"**Smallest fleet meeting p99 <= {sc['target_p99_ms']:g} ms: {best} instances.**"
-            if best
-            else f"**No fleet of {rows[0]['instances']}-{rows[-1]['instances']} instances meets p99 <= "
-            f"{sc['target_p99_ms']:g} ms.**"
-        ),
-        "",
-        "'load slots busy' is the load work (download + unloads + LoadModel) started per second over all load "
-        "slots: near 100% loads queue without bound, requests wait for their model (and misses that find every "
-        "instance's memory held by loads in progress are refused: 507s), and the latencies grow with the length "
-        "of the run: the fleet is overloaded by misses, not by invokes. p99 stays at a miss's cost until fewer "
-        "than 1% of requests miss; with room for every model the misses left are first requests for rare models "
-        "(loads = downloads), which only a longer warm-up removes.",
-        "",
-        "![p99 and hit ratio vs instances](fleet.png)",
-        "",
-        f"## The check: one simulated instance vs `torch-mme endpoint` + `serve`, {chk['config']['requests']} requests",
-        "",
-    ]
     cfg = chk["config"]
     same = not chk["hit_mismatches"] and not chk["eviction_mismatches"] and not chk["errors"]
     lat = chk["latency"]
@@ -779,47 +758,71 @@ def markdown(result: dict[str, Any]) -> str:
     def cell(s: dict[str, float] | None) -> str:
         return f"{s['p50_ms']:.1f} ms / {s['mean_ms']:.1f} ms (n {s['n']})" if s else "-"
 
-    lines += [
+    check = [
+        ["hit ratio", f"**{chk['hit_ratio_real']:.3f}**", f"**{chk['hit_ratio_sim']:.3f}**", ""],
+        ["requests whose hit/miss differs", len(chk["hit_mismatches"]), "", ""],
+        ["requests whose evicted models differ", len(chk["eviction_mismatches"]), "", ""],
+        ["evictions", chk["evictions_real"], chk["evictions_sim"], ""],
+        ["most models loaded at once", chk["max_loaded_real"], cfg["capacity"], ""],
+        *(
+            [f"{kind} latency p50 / mean", cell(lat[f"real_{kind}"]), cell(lat[f"sim_{kind}"])]
+            + [cell(lat[f"sim_this_run_costs_{kind}"])]
+            for kind in ("hit", "miss")
+        ),
+        ["errors", len(chk["errors"]), "", ""],
+    ]
+    this_run, default = chk["costs_this_run"], chk["costs"]
+    return document(
+        "fleet: how many instances? (simulated SageMaker MME fleet, `bench/fleet.py`)",
+        result,
+        table(rows),
+        (
+            f"**Smallest fleet meeting p99 <= {sc['target_p99_ms']:g} ms: {best} instances.**"
+            if best
+            else f"**No fleet of {rows[0]['instances']}-{rows[-1]['instances']} instances meets p99 <= "
+            f"{sc['target_p99_ms']:g} ms.**"
+        ),
+        "'load slots busy' is the load work (download + unloads + LoadModel) started per second over all load "
+        "slots: near 100% loads queue without bound, requests wait for their model (and misses that find every "
+        "instance's memory held by loads in progress are refused: 507s), and the latencies grow with the length "
+        "of the run: the fleet is overloaded by misses, not by invokes. p99 stays at a miss's cost until fewer "
+        "than 1% of requests miss; with room for every model the misses left are first requests for rare models "
+        "(loads = downloads), which only a longer warm-up removes.",
+        "![p99 and hit ratio vs instances](fleet.png)",
+        f"## The check: one simulated instance vs `torch-mme endpoint` + `serve`, {cfg['requests']} requests",
         f"{cfg['models']} copies of a tiny scripted model, each declaring {cfg['declared_mb']} MB "
         f"(`torch-mme.json`); serve's budget {cfg['budget_mb']} MB (headroom {cfg['headroom_mb']} MB) holds "
         f"{cfg['capacity']}, the simulated instance {cfg['sim_instance_mb']:g} MB; Zipf({cfg['zipf']:g}) "
         f"seed {cfg['seed']}, one boto3 client, one request at a time. Real hit or miss: the endpoint's "
         "`sagemaker_ModelCacheHit` per request; real evictions: serve's model list before and after.",
-        "",
-        "| figure | real endpoint | simulator | simulator, this run's costs |",
-        "|---|---:|---:|---:|",
-        f"| hit ratio | **{chk['hit_ratio_real']:.3f}** | **{chk['hit_ratio_sim']:.3f}** | |",
-        f"| requests whose hit/miss differs | {len(chk['hit_mismatches'])} | | |",
-        f"| requests whose evicted models differ | {len(chk['eviction_mismatches'])} | | |",
-        f"| evictions | {chk['evictions_real']} | {chk['evictions_sim']} | |",
-        f"| most models loaded at once | {chk['max_loaded_real']} | {cfg['capacity']} | |",
-        f"| hit latency p50 / mean | {cell(lat['real_hit'])} | {cell(lat['sim_hit'])} "
-        f"| {cell(lat['sim_this_run_costs_hit'])} |",
-        f"| miss latency p50 / mean | {cell(lat['real_miss'])} | {cell(lat['sim_miss'])} "
-        f"| {cell(lat['sim_this_run_costs_miss'])} |",
-        f"| errors | {len(chk['errors'])} | | |",
-        "",
+        markdown_table(["figure", "real endpoint", "simulator", "simulator, this run's costs"], check),
         f"This run's costs (the endpoint's own metrics over the check): LoadModel "
-        f"{chk['costs_this_run']['load_fixed_ms']:.0f} ms, unload {chk['costs_this_run']['unload_ms']:.0f} ms, "
-        f"download {chk['costs_this_run']['download_fixed_ms']:.1f} ms, hit {chk['costs_this_run']['invoke_ms']:.1f} "
-        f"ms at the client (the default costs: {chk['costs']['load_fixed_ms']:.0f}, {chk['costs']['unload_ms']:.0f}, "
-        f"{chk['costs']['download_fixed_ms']:.1f}, {chk['costs']['invoke_ms']:.1f} ms).",
-        "",
+        f"{this_run['load_fixed_ms']:.0f} ms, unload {this_run['unload_ms']:.0f} ms, "
+        f"download {this_run['download_fixed_ms']:.1f} ms, hit {this_run['invoke_ms']:.1f} "
+        f"ms at the client (the default costs: {default['load_fixed_ms']:.0f}, {default['unload_ms']:.0f}, "
+        f"{default['download_fixed_ms']:.1f}, {default['invoke_ms']:.1f} ms).",
         (
             "**Request by request the same**: every hit and miss, and every unloaded model, as the simulator said."
             if same
             else "**The sequences differ** (first differing requests: "
             f"{(chk['hit_mismatches'] + chk['eviction_mismatches'])[:10]}); see `check.sequences` in fleet.json."
         ),
-        "",
         "Real latencies are measured at the client (the metrics and model-list reads between requests are not "
         "timed); simulated ones are the costs above. The simulator's miss leaves out the refused LoadModel "
         "(507) before each eviction and the client's own cost.",
-        "",
         f"Whole run: {result['wall_s']:.0f} s (the check {chk['wall_s']:.0f} s).",
-        "",
-    ]
-    return "\n".join(lines)
+        facts=[
+            f"scenario: {sc['models']} models ({sizes}); instances of {sc['instance_mb']:g} MB for models, "
+            f"{sc['workers']} invoke workers and {result['load_slots']} load slots each; Zipf({sc['zipf']:g}) "
+            f"requests, Poisson arrivals at {sc['rate']:g} req/s for {sc['duration_s']:g} s, seed {sc['seed']}; "
+            f"figures over the requests after the first {sc['warmup_s']:g} s (the fleet starts empty)",
+            f"costs: invoke {c['invoke_ms']:.2f} ms, first invoke after a load {c['first_invoke_ms']:.1f} ms, "
+            f"LoadModel {c['load_fixed_ms']:.0f} ms + {c['load_ms_per_mb']:g} ms/MB, unload {c['unload_ms']:.0f} ms, "
+            f"download {c['download_fixed_ms']:.1f} ms + {c['download_ms_per_mb']:g} ms/MB; fixed parts from "
+            f"{c['source']} (per-MB: ~{1000 / c['download_ms_per_mb']:.0f} MB/s download, "
+            f"~{1000 / c['load_ms_per_mb']:.0f} MB/s load)",
+        ],
+    )
 
 
 def run(quick: bool = False, out_dir: str = "bench/results") -> dict[str, Any]:
