@@ -1,16 +1,14 @@
 """``python -m bench [--quick] [--only NAME] [--out bench/results]``: run the benchmarks and write their results.
 
-Without ``--only`` every benchmark but the container and revisions ones runs, and ``latest.json`` (every result of this
-run) and ``latest.md`` (the peers comparison, then an index of the other results) are written too, next
-to the charts the peers benchmark draws.
+Without ``--only`` every benchmark but the on-request ones runs, and ``latest.md`` (the peers comparison, then
+an index of the other results) is written too, next to the charts the peers benchmark draws. Every result
+is in its own ``<name>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from bench import (
     soak,
     upstream,
 )
+from bench.report import bullets
 
 BENCHMARKS = {
     "serve_latency": serve_latency.run,
@@ -53,17 +52,24 @@ loads up to 1,000 models (~10 minutes, GBs of memory)."""
 
 
 def write_latest(results: dict[str, dict[str, Any]], quick: bool, out_dir: Path) -> None:
-    """``latest.json``: every result of this run; ``latest.md``: the peers markdown and an index of the rest."""
+    """``latest.md``: the peers markdown and an index of this run's results."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    latest = {"date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "quick": quick}
-    (out_dir / "latest.json").write_text(json.dumps({**latest, "benchmarks": results}, indent=2) + "\n")
-    text = (out_dir / "peers.md").read_text() if "peers" in results else "# benchmarks\n"
-    lines = [text.rstrip("\n"), "", "## Every benchmark of this run", ""]
-    for name, result in results.items():
-        lines.append(f"- [{name}]({name}.md): {result.get('wall_s', 0):.0f} s")
+    peers = (out_dir / "peers.md").read_text().rstrip("\n") if "peers" in results else "# benchmarks"
+    index = [f"[{name}]({name}.md): {result.get('wall_s', 0):.0f} s" for name, result in results.items()]
     total = sum(r.get("wall_s", 0) for r in results.values())
-    lines += ["", f"All together: {total:.0f} s ({'quick' if quick else 'full'} size).", ""]
-    (out_dir / "latest.md").write_text("\n".join(lines))
+    text = "\n".join(
+        [
+            peers,
+            "",
+            "## Every benchmark of this run",
+            "",
+            *bullets(index),
+            "",
+            f"All together: {total:.0f} s ({'quick' if quick else 'full'} size).",
+            "",
+        ]
+    )
+    (out_dir / "latest.md").write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
