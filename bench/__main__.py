@@ -28,6 +28,7 @@ from bench import (
     soak,
     upstream,
 )
+from bench.peers import peerenv
 from bench.report import bullets
 
 BENCHMARKS = {
@@ -81,7 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--against", default="HEAD", help="with --only revisions: the git revision to compare with")
     parser.add_argument("--label", default="after", help="with --only scale: the name this run is stored under")
     parser.add_argument("--stages", default="", help="with --only scale: resident counts, e.g. 10,100,400,1000")
+    parser.add_argument(
+        "--peers-venv", type=Path, help="peers and batching: the peers' venv (default ~/.cache/torch-mme/bench-venv)"
+    )
     args = parser.parse_args(argv)
+    if args.peers_venv is not None:
+        peerenv.VENV_DIR = args.peers_venv
     results = {}
     for name, run in BENCHMARKS.items():
         if args.only == name or (args.only is None and name not in ON_REQUEST):
