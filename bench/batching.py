@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import psutil
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import (
     JSON_TYPE,
@@ -152,11 +153,10 @@ def goals(throughput: dict[str, float], p50_ms: dict[str, float], metrics_ratio:
 def histogram_mean(text: str, name: str, model: str) -> float | None:
     """``<name>_sum / <name>_count`` of the series labelled ``model`` in Prometheus text; None when absent."""
     found = {}
-    for line in text.splitlines():
-        for part in ("sum", "count"):
-            prefix = f'{name}_{part}{{model="{model}"}} '
-            if line.startswith(prefix):
-                found[part] = float(line[len(prefix) :])
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("model") == model and sample.name in (f"{name}_sum", f"{name}_count"):
+                found[sample.name.rsplit("_", 1)[1]] = sample.value
     return found["sum"] / found["count"] if found.get("count") else None
 
 

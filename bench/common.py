@@ -1,4 +1,5 @@
-"""What the benchmarks share: the tiny model and its request body, percentiles, and the results' header.
+"""What the benchmarks share: the tiny model and its request body (tests/support/models.py), percentiles, and the
+results' header.
 
 Every benchmark writes ``<name>.json`` (all numbers) and ``<name>.md`` (a short
 summary) with the same header: date, commit, size, machine and versions.
@@ -12,37 +13,17 @@ import os
 import platform
 import subprocess
 import time
-import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from handler import model as handler_model
+from tests.support.models import FEATURES, JSON_TYPE, OUTPUTS, request_body, write_model  # noqa: F401 - for every benchmark
 
-JSON_TYPE = "application/json"
-FEATURES, OUTPUTS = 16, 4
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VERSIONED = ("torch", "numpy", "multi-model-server", "sagemaker-inference", "aiohttp")
-
-
-def write_model(model_dir: Path, seed: int) -> torch.nn.Module:
-    """A scripted ``nn.Linear(16, 4)`` saved as ``model_dir/model.pt``; returns the eager module."""
-    torch.manual_seed(seed)
-    module = torch.nn.Linear(FEATURES, OUTPUTS).eval()
-    model_dir.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.script(module).save(str(model_dir / "model.pt"))
-    return module
-
-
-def request_body(seed: int = 123) -> bytes:
-    """One row of 16 floats as a JSON body: ``[[x0, ..., x15]]``."""
-    row = np.random.default_rng(seed).standard_normal(FEATURES).round(4).tolist()
-    return json.dumps([row]).encode()
 
 
 def summarize(samples_s: list[float], scale: float, unit: str) -> dict[str, Any]:

@@ -32,7 +32,6 @@ hit is what the endpoint itself says: its ``sagemaker_ModelCacheHit`` summary
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import math
@@ -43,7 +42,6 @@ import tempfile
 import time
 import urllib.error
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -60,11 +58,11 @@ from bench.common import (
     new_result,
     request_body,
     summarize,
-    tail,
     write_model,
     write_results,
 )
 from bench.report import bullets, document, ms, stats_row, table
+from tests.support.endpoint import ENDPOINT_NAME, delta, invoke, read_metrics, running, start_endpoint
 from torch_mme.endpoint.naming import model_name
 from torch_mme.runtime import processes
 from torch_mme.runtime.admission import Admission
@@ -74,7 +72,6 @@ from torch_mme.tools.local_server import LocalEndpoint, LocalServer
 from torch_mme.tools.packaging import pack
 
 MB = 2**20
-ENDPOINT_NAME = "local"
 TARGET_HEADER = "X-Amzn-SageMaker-Target-Model"
 WARMUP_TARGET = "warmup.tar.gz"
 DIRECT_WARMUP = "bench-direct-warmup"
@@ -120,36 +117,9 @@ def zipf_target(i: int) -> str:
     return f"zipf/m{i:04d}.tar.gz"
 
 
-def read_metrics(endpoint: LocalEndpoint) -> dict[str, float]:
-    """The endpoint's Prometheus text as ``{series: value}`` (labels kept in the series name)."""
-    values: dict[str, float] = {}
-    for line in endpoint.metrics().splitlines():
-        if line and not line.startswith("#"):
-            series, _, value = line.rpartition(" ")
-            values[series] = float(value)
-    return values
-
-
-def delta(after: dict[str, float], before: dict[str, float], name: str) -> float:
-    """The change of ``sagemaker_<name>`` between two readings (0 where the series is missing); the timing
-    metrics are in microseconds, as SageMaker documents them."""
-    series = f"sagemaker_{name}"
-    return after.get(series, 0.0) - before.get(series, 0.0)
-
-
 def errors_in(metrics: dict[str, float]) -> dict[str, float]:
     """``sagemaker_InvocationErrors_total{type=...}`` series, by type."""
     return {k: v for k, v in metrics.items() if k.startswith("sagemaker_InvocationErrors_total")}
-
-
-def invoke(client: Any, target: str, body: bytes) -> tuple[float, int, bytes]:
-    """One boto3 ``invoke_endpoint``, Body read to the end; (seconds, status, body). Raises the client's errors."""
-    start = time.perf_counter()
-    answer = client.invoke_endpoint(
-        EndpointName=ENDPOINT_NAME, TargetModel=target, ContentType=JSON_TYPE, Accept=JSON_TYPE, Body=body
-    )
-    data = answer["Body"].read()
-    return time.perf_counter() - start, answer["ResponseMetadata"]["HTTPStatusCode"], data
 
 
 def post(conn: http.client.HTTPConnection, path: str, body: bytes, headers: dict[str, str]) -> tuple[float, bytes]:
@@ -170,37 +140,6 @@ def check_answer(data: bytes, expected: np.ndarray, what: str) -> None:
         np.testing.assert_allclose(np.array(json.loads(data)), expected, rtol=1e-5, atol=1e-6)
     except (AssertionError, ValueError) as exc:
         raise RuntimeError(f"{what}: wrong answer {data[:200]!r}") from exc
-
-
-@contextlib.contextmanager
-def running(
-    models_root: Path, store: Path, log_dir: Path, tag: str, env: dict[str, str] | None = None
-) -> Iterator[tuple[LocalServer, LocalEndpoint]]:
-    """A ``LocalServer`` (with ``env``) and a ``LocalEndpoint`` attached to it; both stopped whatever happens."""
-    serve_log, endpoint_log = log_dir / f"serve-{tag}.log", log_dir / f"endpoint-{tag}.log"
-    with open(serve_log, "wb") as slog, open(endpoint_log, "wb") as elog:
-        server = LocalServer(str(models_root), env=env, log=slog)
-        endpoint = LocalEndpoint(str(store), server.models_root, container_url=server.url, log=elog)
-        try:
-            start = time.perf_counter()
-            server.start()
-            print(f"  serve up on {server.url} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-            yield server, endpoint
-        except BaseException:
-            slog.flush()
-            elog.flush()
-            print(f"--- serve log (last lines) ---\n{tail(serve_log)}", file=sys.stderr)
-            print(f"--- endpoint log (last lines) ---\n{tail(endpoint_log)}", file=sys.stderr)
-            raise
-        finally:
-            endpoint.stop()
-            server.stop()
-
-
-def start_endpoint(endpoint: LocalEndpoint) -> None:
-    start = time.perf_counter()
-    endpoint.start()
-    print(f"  endpoint up on {endpoint.url} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
 
 
 def warm_serve(server: LocalServer, model_dir: Path, body: bytes, requests: int) -> dict[str, int]:
