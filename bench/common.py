@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from handler import model as handler_model
+from tests.support import tail  # noqa: F401 - for every benchmark
 from tests.support.models import FEATURES, JSON_TYPE, OUTPUTS, request_body, write_model  # noqa: F401 - for every benchmark
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -130,14 +131,6 @@ def header_lines(result: dict[str, Any]) -> list[str]:
         f"- machine: {m['cpu_model']}, {m['cpu_count']} CPUs, {m['platform']}{load}",
         "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
     ]
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    """The last ``lines`` lines of a log file, for a failure message."""
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def write_results(result: dict[str, Any], text: str, out_dir: Path) -> None:

@@ -10,18 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tests.support import tail
 from tests.support.models import JSON_TYPE
 from torch_mme.tools.local_server import LocalEndpoint, LocalServer
 
 ENDPOINT_NAME = "local"
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    """The last ``lines`` lines of a log file, for a failure message."""
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def read_metrics(endpoint: LocalEndpoint) -> dict[str, float]:
