@@ -1,5 +1,5 @@
 """What the benchmarks share: the tiny model and its request body (tests/support/models.py), percentiles, and the
-results' header.
+results' metadata (bench/report.py writes it as each report's header).
 
 Every benchmark writes ``<name>.json`` (all numbers) and ``<name>.md`` (a short
 summary) with the same header: date, commit, size, machine and versions.
@@ -117,20 +117,6 @@ def finish(result: dict[str, Any], began: float) -> None:
     """Record the load average at the end and the wall time since ``began`` (``time.perf_counter``)."""
     result["machine"]["loadavg_end"] = loadavg()
     result["wall_s"] = time.perf_counter() - began
-
-
-def header_lines(result: dict[str, Any]) -> list[str]:
-    """The markdown bullets for date, commit, size, machine and versions."""
-    m, v = result["machine"], result["versions"]
-    size = "quick" if result["quick"] else "full"
-    dirty = " (tracked files modified)" if result["git_dirty"] else ""
-    start, end = m.get("loadavg_start"), m.get("loadavg_end")
-    load = f"; load average {start[0]:.2f} -> {end[0]:.2f}" if start and end else ""
-    return [
-        f"- date (UTC): {result['date_utc']}; commit: `{result['git_commit']}`{dirty}; size: {size}",
-        f"- machine: {m['cpu_model']}, {m['cpu_count']} CPUs, {m['platform']}{load}",
-        "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
-    ]
 
 
 def write_results(result: dict[str, Any], text: str, out_dir: Path) -> None:

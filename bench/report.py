@@ -43,8 +43,6 @@ def bullets(items: Iterable[Any]) -> list[str]:
 def document(title: str, result: dict[str, Any] | None, *blocks: Block, facts: Iterable[str] = ()) -> str:
     """``# title``, the result's header bullets (none without a result) and ``facts`` as more bullets, then each
     block after a blank line; empty blocks are left out."""
-    from bench.common import header_lines  # bench.common imports torch; a report alone need not
-
     lines = [f"# {title}", ""]
     head = [*(header_lines(result) if result is not None else []), *bullets(facts)]
     if head:
@@ -54,6 +52,20 @@ def document(title: str, result: dict[str, Any] | None, *blocks: Block, facts: I
         if block_lines:
             lines += [*block_lines, ""]
     return "\n".join(lines)
+
+
+def header_lines(result: dict[str, Any]) -> list[str]:
+    """The markdown bullets for date, commit, size, machine and versions."""
+    m, v = result["machine"], result["versions"]
+    size = "quick" if result["quick"] else "full"
+    dirty = " (tracked files modified)" if result["git_dirty"] else ""
+    start, end = m.get("loadavg_start"), m.get("loadavg_end")
+    load = f"; load average {start[0]:.2f} -> {end[0]:.2f}" if start and end else ""
+    return [
+        f"- date (UTC): {result['date_utc']}; commit: `{result['git_commit']}`{dirty}; size: {size}",
+        f"- machine: {m['cpu_model']}, {m['cpu_count']} CPUs, {m['platform']}{load}",
+        "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+    ]
 
 
 def verdict(passed: bool | None, why: str = "") -> str:

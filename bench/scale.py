@@ -38,13 +38,12 @@ from bench.common import (
     FEATURES,
     JSON_TYPE,
     finish,
-    header_lines,
     new_result,
     request_body,
     summarize,
     tail,
 )
-from bench.report import bullets, document, table
+from bench.report import bullets, document, header_lines, table
 from tests.support.http import KeepAliveClient
 from torch_mme.runtime import processes
 from torch_mme.tools.local_server import LocalServer
