@@ -2,9 +2,9 @@
 
 The front forwards every request to MMS. Measured side by side against aiohttp's
 pooled ``UnixConnector`` client (``python -m bench --only upstream``,
-bench/results/upstream.md, 2 CPUs): aiohttp takes 2.9x this one's CPU per request
-for a small body at 1 caller (450 vs 157 µs), 2.5x at 16, and 1.3-1.6x with 1 MiB
-bodies; p50 latency is 1.5x at 1 caller, small body. MMS answers with a
+bench/results/upstream.md, 2 CPUs): aiohttp takes 3.0x this one's CPU per request
+for a small body at 1 caller (468 vs 158 µs), 2.4x at 16, and 1.3-1.7x with 1 MiB
+bodies; p50 latency is 1.7x at 1 caller, small body (1.27 ms vs 751 µs). MMS answers with a
 Content-Length or chunked body, or one read to the end; all are read.
 
 It refuses to write a request line or header that could be read as more than
