@@ -36,6 +36,8 @@ setup(
         "prometheus_client>=0.17",
         "boto3>=1.28",
         "setproctitle>=1.3",
+        # the per-model deps folder's install lock (handler/requirements.py); torch depends on it too
+        "filelock>=3.12",
     ],
     extras_require={
         "demo": ["scikit-learn>=1.3", "safetensors>=0.4"],

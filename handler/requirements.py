@@ -55,8 +55,8 @@ Sources, in order: ``code/wheels/`` and the container's wheelhouse
 ``TORCH_MME_PIP_INDEX`` is not ``off``, again with the index (pip's own
 configuration, or that URL) plus those folders as find-links. Each attempt
 installs into a fresh temporary sibling ``.tmp-<key>-...``; on success a
-marker is written into it and it is renamed into place. An ``fcntl`` lock per
-key makes concurrent loads with the same requirements do one install; a folder
+marker is written into it and it is renamed into place. A file lock per
+key (``filelock``) makes concurrent loads with the same requirements do one install; a folder
 without the marker is deleted and redone, never used. pip's time is bounded by
 ``TORCH_MME_PIP_TIMEOUT_S`` and by what the load's own timeout leaves (MMS
 kills a worker whose load outlives ``timeout_s``). A failure raises
@@ -82,7 +82,6 @@ delete it to reclaim the space).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import importlib
 import json
@@ -525,26 +524,24 @@ def _budget(settings: Settings) -> float:
 
 @contextlib.contextmanager
 def _locked(path: str, deadline: float, model_name: str):
-    """An exclusive ``flock`` on ``path``, waited for until ``deadline``."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    """An exclusive lock on ``path`` (``filelock``: ``flock`` on Linux), waited for until ``deadline``."""
+    import filelock  # here, not at the top: ~40 ms to import, and only an install needs it
+
+    lock = filelock.FileLock(path, mode=0o644)
     try:
-        waited = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not waited:
-                    log.info("requirements of %s: waiting for another process installing the same ones", model_name)
-                    waited = True
-                if time.monotonic() >= deadline:
-                    raise DependencyInstallError(
-                        "another model process is still installing the same requirements; try LoadModel again later"
-                    ) from None
-                time.sleep(0.1)
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        log.info("requirements of %s: waiting for another process installing the same ones", model_name)
+        try:
+            lock.acquire(timeout=max(deadline - time.monotonic(), 0), poll_interval=0.1)
+        except filelock.Timeout:
+            raise DependencyInstallError(
+                "another model process is still installing the same requirements; try LoadModel again later"
+            ) from None
+    try:
         yield
     finally:
-        os.close(fd)  # releases the lock
+        lock.release()
 
 
 def _remove_leftovers(root: str, key: str, final: str) -> None:
