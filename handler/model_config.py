@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch_mme.errors import BadRequest
+from torch_mme.errors import InvalidModelConfig
 
 FILE = "torch-mme.json"
 MAX_BYTES = 64 * 2**10
@@ -31,10 +31,6 @@ ALIASES = {
     "minWorkers": "workers",
     "responseTimeout": "response_timeout_s",
 }
-
-
-class InvalidModelConfig(BadRequest):
-    """``torch-mme.json`` is not valid: LoadModel answers 400 with the key and the reason."""
 
 
 @dataclass(frozen=True)

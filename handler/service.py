@@ -19,11 +19,11 @@ from typing import Any
 from handler import codecs, timing
 from torch_mme.errors import (
     MAX_MESSAGE,
-    HandlerError,
     ModelLoadError,
     ModelOutsideRoot,
     OutOfMemory,
     PredictionError,
+    ServingError,
     UnsupportedContentType,
     brief,
     is_out_of_memory,
@@ -128,7 +128,7 @@ class Item:
     context: RequestContext | None = None
     data: Any = None
     prediction: Any = None
-    error: HandlerError | None = None
+    error: ServingError | None = None
 
     @contextlib.contextmanager
     def scope(self) -> Iterator[None]:
@@ -292,7 +292,7 @@ class PyTorchHandler:
             if item.error is not None:
                 context.set_response_status(item.error.status, ascii_safe(str(item.error)[:MAX_MESSAGE]), idx)
                 context.set_response_content_type(idx, codecs.JSON)
-                responses.append(item.error.to_json().encode())
+                responses.append(item.error.body(MAX_MESSAGE))
             else:
                 body, content_type = item.prediction
                 context.set_response_content_type(idx, ascii_safe(content_type))
@@ -329,7 +329,7 @@ class PyTorchHandler:
         with item.scope():
             try:
                 setattr(item, field, stage())
-            except HandlerError as exc:
+            except ServingError as exc:
                 item.error = exc
                 if exc.status >= 500:
                     log.error("request failed (%d): %s", exc.status, exc, exc_info=exc.__cause__ or exc)
