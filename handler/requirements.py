@@ -102,7 +102,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from torch_mme.errors import DependencyInstallError
-from torch_mme.settings import Settings, default_deps_dir
+from torch_mme.settings import Settings, default_deps_dir, environment
 
 log = logging.getLogger(__name__)
 
@@ -703,7 +703,7 @@ def _pins() -> list[tuple[str, str]]:
 
 def _run(command: list[str], cwd: str, deadline: float) -> tuple[int | None, str]:
     """Run pip in its own process group: (exit status or None on timeout, its whole output)."""
-    env = {k: v for k, v in os.environ.items() if k not in _DROPPED_PIP_ENV}
+    env = {k: v for k, v in environment().items() if k not in _DROPPED_PIP_ENV}
     env.pop("PYTHONHOME", None)
     process = subprocess.Popen(
         command,
