@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from torch_mme.common import is_inside
 from torch_mme.errors import InvalidModelConfig
 
 FILE = "torch-mme.json"
@@ -108,7 +109,7 @@ def _read_inside(model_dir: str, relative: Any, where: str) -> bytes:
         raise InvalidModelConfig(f"{where}: file must be a path relative to the model folder")
     root = os.path.realpath(model_dir)
     path = os.path.realpath(os.path.join(root, relative))
-    if os.path.commonpath([path, root]) != root or not os.path.isfile(path):
+    if not is_inside(path, root) or not os.path.isfile(path):
         raise InvalidModelConfig(f"{where}: file {relative!r} is not a file inside the model folder")
     if os.path.getsize(path) > 6 * 2**20:
         raise InvalidModelConfig(f"{where}: file {relative!r} is larger than 6 MiB")
@@ -123,7 +124,7 @@ def read(model_dir: str) -> ModelConfig:
         return ModelConfig()
     root = os.path.realpath(model_dir)
     real = os.path.realpath(path)
-    if os.path.commonpath([real, root]) != root or not os.path.isfile(real):
+    if not is_inside(real, root) or not os.path.isfile(real):
         raise InvalidModelConfig(f"{FILE} must be a file inside the model folder")
     with open(real, "rb") as f:
         raw = f.read(MAX_BYTES + 1)

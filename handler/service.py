@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from handler import codecs, timing
+from torch_mme.common import is_inside
 from torch_mme.errors import (
     MAX_MESSAGE,
     ModelLoadError,
@@ -160,8 +161,8 @@ def ascii_safe(text: str) -> str:
 
 def check_inside(model_dir: str, root: str) -> str:
     """The real path of ``model_dir``; refuses one that resolves outside ``root``."""
-    real, real_root = os.path.realpath(model_dir), os.path.realpath(root)
-    if os.path.commonpath([real, real_root]) != real_root:
+    real = os.path.realpath(model_dir)
+    if not is_inside(real, os.path.realpath(root)):
         raise ModelOutsideRoot(f"model directory {model_dir} is outside the models root {root}")
     return real
 

@@ -15,6 +15,8 @@ import struct
 import zipfile
 from dataclasses import dataclass
 
+from torch_mme.common import format_size, is_inside
+
 MIB = 2**20
 NO_LIMIT_V1 = 2**60
 """cgroup v1 has no "max": an unlimited group reports about 2**63 rounded down to a page."""
@@ -205,7 +207,7 @@ class _Counted:
 
     def describe(self) -> str:
         count = "" if self.tensors is None else f"{self.tensors} tensor{'' if self.tensors == 1 else 's'}, "
-        return f"{self.name}: {count}{_size(self.size)} ({self.kind})"
+        return f"{self.name}: {count}{format_size(self.size)} ({self.kind})"
 
 
 def estimate_weights(model_dir: str) -> Footprint:
@@ -235,7 +237,7 @@ def estimate_weights(model_dir: str) -> Footprint:
             if name == DECLARATION:
                 continue
             real = os.path.realpath(path)
-            if not _inside(real, root):
+            if not is_inside(real, root):
                 skipped += 1
                 continue
             if real in seen or not _is_regular_file(real):
@@ -362,7 +364,7 @@ def _read_declaration(path: str, root: str) -> tuple[int | None, str]:
     """(declared bytes, note for the detail line) from ``torch-mme.json``."""
     if not os.path.lexists(path):
         return None, ""
-    if not _inside(os.path.realpath(path), root) or not _is_regular_file(path):
+    if not is_inside(os.path.realpath(path), root) or not _is_regular_file(path):
         return None, f"{DECLARATION} ignored: not a file inside the model dir"
     try:
         with open(path, "rb") as f:
@@ -381,24 +383,13 @@ def _detail(counted: list[_Counted], total: int, skipped: int, note: str) -> str
     largest = sorted(counted, key=lambda c: c.size, reverse=True)[:DETAIL_FILES]
     parts = [c.describe() for c in largest]
     if len(counted) > len(largest):
-        parts.append(f"{len(counted) - len(largest)} more, {_size(total - sum(c.size for c in largest))}")
-    parts.append(f"total {_size(total)} in {len(counted)} file{'' if len(counted) == 1 else 's'}")
+        parts.append(f"{len(counted) - len(largest)} more, {format_size(total - sum(c.size for c in largest))}")
+    parts.append(f"total {format_size(total)} in {len(counted)} file{'' if len(counted) == 1 else 's'}")
     if skipped:
         parts.append(f"{skipped} link{'' if skipped == 1 else 's'} outside the model dir skipped")
     if note:
         parts.append(note)
     return "; ".join(parts)
-
-
-def _size(size: int) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", MIB), ("KiB", 1024)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} B"
-
-
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def _is_regular_file(path: str) -> bool:

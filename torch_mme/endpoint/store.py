@@ -17,6 +17,7 @@ import unicodedata
 from typing import Any, Protocol
 
 from torch_mme import settings
+from torch_mme.common import is_inside
 
 MAX_TARGET = 1024  # S3's limit on a key, and SageMaker's on TargetModel
 
@@ -109,7 +110,7 @@ class LocalStore:
     def _path(self, target: str) -> str:
         """The real path of ``target``; refused when a symlink on the way leads out of the root."""
         path = os.path.realpath(os.path.join(self.root, check_target(target)))
-        if os.path.commonpath([self.root, path]) != self.root:
+        if not is_inside(path, self.root):
             raise InvalidTarget(f"TargetModel {_show(target)} resolves outside the model store")
         return path
 

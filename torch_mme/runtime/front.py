@@ -38,6 +38,7 @@ from urllib.parse import parse_qsl, quote, unquote
 
 from handler import model_config, timing
 from torch_mme import errors, load_report
+from torch_mme.common import is_inside
 from torch_mme.runtime import processes
 from torch_mme.runtime.admission import MB, Admission
 from torch_mme.runtime.httpserver import ByteBudget, QueueFull, Request, Response, error_response, json_response
@@ -506,7 +507,7 @@ class Front:
             return url, error(errors.BadRequest("url must be a printable path of at most 4096 characters"))
         path = url if os.path.isabs(url) else os.path.join(self.settings.models_root, url)
         real = os.path.realpath(path)
-        if os.path.commonpath([real, self.models_root]) != self.models_root:
+        if not is_inside(real, self.models_root):
             return url, error(
                 errors.ModelOutsideRoot(f"url {url} is outside the models root {self.settings.models_root}")
             )
