@@ -195,7 +195,7 @@ class PyTorchHandler:
 
             torch.set_num_threads(config.torch_threads)
         dev = device.device_for(properties.get("gpu_id"))
-        device.admit(model_dir, dev, settings.memory_headroom_mb)
+        device.admit(model_dir, dev, settings.memory_headroom_mb, config.memory_mb)
         self.model = model.load(
             model_dir, dev, settings.allow_unsafe_pickle, context, settings.default_accept, settings.program
         )
