@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-
 import torch
 
 from torch_mme.errors import OutOfMemory
@@ -41,11 +39,3 @@ def admit(model_dir: str, device: torch.device, headroom_mb: int, memory_mb: flo
             f"model needs about {needed / MB:.0f} MB of GPU memory and {device} has {free / MB:.0f} MB free "
             f"({headroom_mb} MB headroom)"
         )
-
-
-def release(device: torch.device | None) -> None:
-    """Give memory back after a model is dropped (the CUDA caching allocator keeps freed blocks otherwise)."""
-    gc.collect()
-    if device is not None and device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()

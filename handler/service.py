@@ -212,14 +212,6 @@ class PyTorchHandler:
             if item.error is not None:
                 raise ModelLoadError(f"torch-mme.json warmup[{position}] failed ({item.error.status}): {item.error}")
 
-    def unload(self) -> None:
-        """Drop the model and give its memory back (GPU: the allocator's cache too)."""
-        from handler import device
-
-        dev = self.model.device if self.model is not None else None
-        self.model = None
-        device.release(dev)
-
     def preprocess(self, data: list[dict], context: Any) -> list[Item]:
         """Decode every item with its own Content-Type."""
         contexts = [RequestContext(context, idx) for idx in range(len(data))]
