@@ -18,9 +18,11 @@ import threading
 import time
 from importlib import resources
 
+from torch_mme.settings import TEMPLATE_SOCKET
+
 log = logging.getLogger("torch_mme.runtime.forking")
 
-SOCKET_ENV = "TORCH_MME_TEMPLATE_SOCKET"
+SOCKET_ENV = TEMPLATE_SOCKET
 READY_TIMEOUT_S = 60.0
 RESTART_BACKOFF_S = 1.0
 

@@ -37,7 +37,8 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl, quote, unquote
 
 from handler import model_config, timing
-from torch_mme import load_report
+from torch_mme import errors, load_report
+from torch_mme.common import is_inside
 from torch_mme.runtime import processes
 from torch_mme.runtime.admission import MB, Admission
 from torch_mme.runtime.httpserver import ByteBudget, QueueFull, Request, Response, error_response, json_response
@@ -80,19 +81,19 @@ def _one_line(response: Response) -> Response:
 
 
 def _conflict(name: str) -> Response:
-    return error(409, "ConflictStatusException", f"Model {name} is already registered.")
+    return error(errors.ModelConflict(f"Model {name} is already registered."))
 
 
 def _restarting(name: str) -> Response:
-    return error(503, "ModelRestarting", f"model {name}'s processes died; it is being restarted, retry shortly")
+    return error(errors.ModelRestarting(f"model {name}'s processes died; it is being restarted, retry shortly"))
 
 
 def _not_found(name: str) -> Response:
-    return error(404, "ModelNotFoundException", f"Model not found: {name}")
+    return error(errors.ModelNotFound(f"Model not found: {name}"))
 
 
 def _busy(reason: str) -> Response:
-    return error(503, "ServiceUnavailable", f"server busy ({reason}); retry", [("Retry-After", "1")])
+    return error(errors.ServiceUnavailable(f"server busy ({reason}); retry"), [("Retry-After", "1")])
 
 
 def _target(record: ModelRecord | None) -> str:
@@ -146,28 +147,28 @@ class Front:
         try:
             return await self._dispatch(request)
         except UnsafeRequest as exc:
-            return error(400, "BadRequest", str(exc))
+            return error(exc)
         except UpstreamTimeout as exc:
             log.error("%s %s: %s", request.method, request.path, exc)
-            return error(504, "ModelServerTimeout", str(exc))
+            return error(exc)
         except UpstreamError as exc:
             log.error("%s %s: %s", request.method, request.path, exc)
-            return error(502, "ModelServerUnavailable", str(exc))
+            return error(exc)
 
     async def _dispatch(self, request: Request) -> Response:
         segments = request.path.split("/")
         if segments[0] != "" or len(segments) < 2:
-            return error(400, "BadRequest", "the request target must be an absolute path")
+            return error(errors.BadRequest("the request target must be an absolute path"))
         shape, args = [], []
         for position, segment in enumerate(segments[1:]):
             if position == 1 and segments[1] == "models" and segment:
                 try:
                     name = unquote(segment, errors="strict")
                 except UnicodeDecodeError:
-                    return error(400, "BadRequest", "the model name is not valid UTF-8")
+                    return error(errors.BadRequest("the model name is not valid UTF-8"))
                 if not MODEL_NAME.fullmatch(name):
                     return error(
-                        400, "BadRequest", f"model name {name[:80]!r} must be 1-255 letters, digits, '.', '_' or '-'"
+                        errors.BadRequest(f"model name {name[:80]!r} must be 1-255 letters, digits, '.', '_' or '-'")
                     )
                 shape.append("{name}")
                 args.append(name)
@@ -175,11 +176,11 @@ class Front:
                 shape.append(segment)
         methods = self._routes.get(tuple(shape))
         if methods is None:
-            return error(404, "NotFound", f"no such route: {request.method} {request.path[:120]}")
+            return error(errors.NotFound(f"no such route: {request.method} {request.path[:120]}"))
         handler = methods.get(request.method)
         if handler is None:
             allowed = ", ".join(sorted(methods))
-            return error(405, "MethodNotAllowed", f"{request.method} is not allowed here", [("Allow", allowed)])
+            return error(errors.MethodNotAllowed(f"{request.method} is not allowed here"), [("Allow", allowed)])
         return await handler(request, *args)
 
     # --- health and listing ----------------------------------------------------------------------
@@ -200,9 +201,9 @@ class Front:
         query = dict(parse_qsl(request.query))
         unknown = sorted(set(query) - set(LIST_PARAMETERS))
         if unknown:
-            return error(400, "BadRequest", f"ListModels takes only {', '.join(LIST_PARAMETERS)}, not {unknown}")
+            return error(errors.BadRequest(f"ListModels takes only {', '.join(LIST_PARAMETERS)}, not {unknown}"))
         if any(not re.fullmatch(r"[0-9]{1,9}", value) for value in query.values()):
-            return error(400, "BadRequest", "limit and next_page_token must be non-negative integers")
+            return error(errors.BadRequest("limit and next_page_token must be non-negative integers"))
         path = "/models" + (f"?{'&'.join(f'{k}={v}' for k, v in sorted(query.items()))}" if query else "")
         return await self.upstream.request("GET", path, timeout=30.0)
 
@@ -226,7 +227,7 @@ class Front:
     async def _invoke(self, request: Request, name: str) -> Response:
         record = self.registry.get(name)
         if record is not None and record.unloading:
-            return error(404, "ModelNotFoundException", f"Model not found: {name} (it is being unloaded)")
+            return error(errors.ModelNotFound(f"Model not found: {name} (it is being unloaded)"))
         if name in self.registry.restarting:
             return _restarting(name)
         headers = [
@@ -235,9 +236,9 @@ class Front:
         types = [v for k, v in headers if k.lower() == "content-type"]
         mime = types[0].split(";", 1)[0].strip().lower() if types else ""
         if len(types) > 1:
-            return error(400, "BadRequest", "a request has one Content-Type header")
+            return error(errors.BadRequest("a request has one Content-Type header"))
         if mime in FORM_TYPES or mime.startswith("multipart/"):
-            return error(415, "UnsupportedContentType", f"Content-Type {mime!r} is not supported")
+            return error(errors.UnsupportedContentType(f"Content-Type {mime!r} is not supported"))
         try:
             held = await self.to_mms.acquire(len(request.body))
         except QueueFull as exc:
@@ -399,27 +400,27 @@ class Front:
             except (ValueError, TypeError, RecursionError):
                 body = None
             if not isinstance(body, dict):
-                return error(400, "BadRequest", 'LoadModel body must be JSON: {"model_name": ..., "url": ...}')
+                return error(errors.BadRequest('LoadModel body must be JSON: {"model_name": ..., "url": ...}'))
             params.update(body)
         unknown = sorted(set(params) - set(LOAD_PARAMETERS))
         if unknown:
             return error(
-                400, "BadRequest", f"LoadModel takes only model_name and url; unknown parameter(s) {unknown[:5]}"
+                errors.BadRequest(f"LoadModel takes only model_name and url; unknown parameter(s) {unknown[:5]}")
             )
         name, url = params.get("model_name"), params.get("url")
         if not isinstance(url, str) or not url:
-            return error(400, "BadRequest", "LoadModel needs a url (the model directory)")
+            return error(errors.BadRequest("LoadModel needs a url (the model directory)"))
         if name is None:
             name = os.path.basename(url.rstrip("/"))
         if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
-            return error(400, "BadRequest", f"model_name {name!r} must be 1-255 letters, digits, '.', '_' or '-'")
+            return error(errors.BadRequest(f"model_name {name!r} must be 1-255 letters, digits, '.', '_' or '-'"))
         url, problem = self._resolve_url(url)
         if problem is not None:
             return problem
         try:
             return name, url, await asyncio.to_thread(model_config.read, url)
         except model_config.InvalidModelConfig as exc:
-            return error(400, "InvalidModelConfig", str(exc))
+            return error(exc)
 
     async def _load(self, record: ModelRecord) -> Response:
         """Admit ``record`` by memory, register it in MMS (once more after an eviction if MMS ran out)."""
@@ -467,7 +468,7 @@ class Front:
                     return None
                 if self.settings.eviction != "lru" or not await self._evict_one(name, verdict.reason(name)):
                     log.warning("LoadModel %s refused (507): %s", name, verdict.reason(name))
-                    return error(507, "InsufficientMemory", verdict.reason(name))
+                    return error(errors.OutOfMemory(verdict.reason(name)))
 
     async def _evict_one(self, for_name: str, why: str = "the load ran out of memory") -> bool:
         candidates = self.registry.eviction_order()
@@ -501,17 +502,17 @@ class Front:
     def _resolve_url(self, url: str) -> tuple[str, Response | None]:
         """The absolute model directory for a LoadModel ``url`` (relative ones are under the models root)."""
         if url.startswith(("http://", "https://", "s3://", "file:")):
-            return url, error(400, "BadRequest", f"url must be a directory under {self.settings.models_root}")
+            return url, error(errors.BadRequest(f"url must be a directory under {self.settings.models_root}"))
         if not url.isprintable() or len(url) > 4096:
-            return url, error(400, "BadRequest", "url must be a printable path of at most 4096 characters")
+            return url, error(errors.BadRequest("url must be a printable path of at most 4096 characters"))
         path = url if os.path.isabs(url) else os.path.join(self.settings.models_root, url)
         real = os.path.realpath(path)
-        if os.path.commonpath([real, self.models_root]) != self.models_root:
+        if not is_inside(real, self.models_root):
             return url, error(
-                400, "ModelOutsideRoot", f"url {url} is outside the models root {self.settings.models_root}"
+                errors.ModelOutsideRoot(f"url {url} is outside the models root {self.settings.models_root}")
             )
         if not os.path.isdir(real):
-            return url, error(404, "ModelNotFound", f"model directory {url} does not exist")
+            return url, error(errors.ModelNotFound(f"model directory {url} does not exist"))
         return os.path.normpath(path), None
 
     async def _failed_load(self, name: str, response: Response) -> Response:
@@ -524,4 +525,6 @@ class Front:
         if reason is None:
             return _one_line(response)
         log.warning("LoadModel %s failed (%d): %s", name, status, reason.get("message"))
-        return error(status, reason.get("type", "ModelLoadError"), reason.get("message", "model failed to load"))
+        return error(
+            errors.Relayed(status, reason.get("type", "ModelLoadError"), reason.get("message", "model failed to load"))
+        )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import re
 
+from torch_mme.errors import BadRequest, ModelServerTimeout, ModelServerUnavailable
 from torch_mme.runtime.httpserver import Response
 
 HOP_BY_HOP = frozenset(
@@ -44,8 +45,8 @@ SAFE_VALUE = re.compile(r"[\t\x20-\x7e]{0,8192}")
 """Printable ASCII and tabs: a header value on one line."""
 
 
-class UnsafeRequest(ValueError):
-    """A method, path or header that would not reach MMS as exactly one request."""
+class UnsafeRequest(BadRequest, ValueError):
+    """A method, path or header that would not reach MMS as exactly one request (400)."""
 
 
 def check_request(method: str, path: str, headers: list[tuple[str, str]]) -> None:
@@ -58,12 +59,12 @@ def check_request(method: str, path: str, headers: list[tuple[str, str]]) -> Non
             raise UnsafeRequest(f"header {name[:40]!r} holds a control or a non-ASCII character")
 
 
-class UpstreamError(Exception):
-    """MMS could not be reached or closed the connection mid-answer."""
+class UpstreamError(ModelServerUnavailable):
+    """MMS could not be reached or closed the connection mid-answer (502)."""
 
 
-class UpstreamTimeout(UpstreamError):
-    """MMS did not answer in time (a request queued for a worker that will never take it)."""
+class UpstreamTimeout(UpstreamError, ModelServerTimeout):
+    """MMS did not answer in time (a request queued for a worker that will never take it; 504)."""
 
 
 class Upstream:

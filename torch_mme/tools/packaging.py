@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import IO
 
 from handler.user_code import HOOKS, SCRIPT, script_path
+from torch_mme.common import format_size, is_inside
 
 ARTIFACTS = ("model.pt", "model.pth")
 ARTIFACT_SUFFIXES = (".pt", ".pth", ".pt2", ".safetensors")
@@ -245,7 +246,7 @@ def _entries(root: str, skip: set[str]) -> list[tuple[str, os.stat_result, str |
             if stat.S_ISLNK(info.st_mode):
                 target = os.readlink(path)
                 resolved = os.path.realpath(path)
-                if os.path.commonpath([resolved, root]) != root:
+                if not is_inside(resolved, root):
                     problems.append(f"{rel}: symlink to {target!r} points outside the model directory")
                     continue
                 lexical = os.path.normpath(os.path.join(rel_dir, target))
@@ -360,7 +361,7 @@ def run(args: argparse.Namespace) -> int:
         for i, (src, out) in enumerate(jobs, 1):
             step = f"packing {src}"
             size = pack(src, out, check=False)
-            progress.step(i, f"packed {os.path.basename(out)} ({_human(size)})")
+            progress.step(i, f"packed {os.path.basename(out)} ({format_size(size)})")
         if upload is not None:
             for i, (_, out) in enumerate(jobs, 1):
                 step = f"uploading {out}"
@@ -466,10 +467,3 @@ class _Progress:
             self.stream.write("\n")
             self.stream.flush()
             self.open_line = False
-
-
-def _human(size: int) -> str:
-    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} B"
