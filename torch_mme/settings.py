@@ -352,6 +352,11 @@ def container_scratch() -> str:
     return os.environ.get("TORCH_MME_CONTAINER_SCRATCH") or "/var/tmp/torch-mme-container"
 
 
+def timeout_is_set() -> bool:
+    """Whether the user set the response timeout (any of its variables): the demo keeps theirs."""
+    return any(os.environ.get(name) for name in TIMEOUT_VARIABLES)
+
+
 def environment() -> dict[str, str]:
     """A copy of this process's whole environment, for a child that runs with it plus its own settings."""
     return dict(os.environ)

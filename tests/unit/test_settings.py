@@ -196,7 +196,6 @@ def test_the_launcher_reads_the_template_socket_settings_names():
 
 ROOT = Path(__file__).resolve().parents[2]
 NOT_YET = {
-    "torch_mme/tools/demo.py": "reads the timeout variables to decide its own default; owned by the examples work",
     "torch_mme/runtime/launcher.py": "forwards its whole environment to the template: it imports built-ins only",
 }
 """Modules that read the environment themselves, and why."""

@@ -53,6 +53,8 @@ from sklearn.metrics import r2_score
 from sklearn.model_selection import train_test_split
 from torch import nn
 
+from torch_mme.common import format_size
+
 REGRESSOR_NAME = "diabetes-regressor"
 CLASSIFIER_NAME = "digits-classifier"
 SAFETENSORS_NAME = "wine-classifier"
@@ -647,16 +649,12 @@ def main(name: str, argv: list[str] | None = None, description: str | None = Non
         except InvalidModel as exc:
             print(f"{name}: the model directory does not validate:\n{exc}", file=sys.stderr)
             return 1
-        print(f"  archive:         {archive}  ({_size(size)}, checked and packed as `torch-mme package` does)")
+        print(f"  archive:         {archive}  ({format_size(size)}, checked and packed as `torch-mme package` does)")
     if model.installs:
         print(f"  at its first load the server installs {model.installs} for this model (code/requirements.txt)")
     print(f"  try:             {_curl(name, model)}")
     print(f"done in {time.perf_counter() - started:.1f} s")
     return 0
-
-
-def _size(size: int) -> str:
-    return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
 
 
 def _listing(model_dir: Path) -> list[str]:
