@@ -33,9 +33,9 @@ so the sizes are compared on the same machine at the same moments:
    ``http.client``, then boto3) cycling over the (up to four) models used last,
    which an LRU holds; ``/metrics`` must count them all as hits.
 
-The endpoint's own cost is the CPU time of its process (user + system, its
-threads included, serve excluded: a separate process) over a phase, divided by
-the phase's requests: per hit from phase 3, per miss from phase 2 less its hits
+The endpoint's own cost is the CPU time of its process (the sum of its
+threads' run time from schedstat, in ns; serve excluded: a separate process)
+over a phase, divided by the phase's requests: per hit from phase 3, per miss from phase 2 less its hits
 at phase 3's cost. Flat means the 10,000-model figure within 1.25x of the
 100-model one.
 """
@@ -167,6 +167,17 @@ def read_metrics(endpoint: LocalEndpoint) -> dict[str, float]:
 
 
 def cpu_s(process: psutil.Process) -> float:
+    """CPU seconds the process has run, in nanoseconds from each thread's schedstat (the kernel's own count;
+    ``/proc/<pid>/stat`` rounds to 10 ms ticks). The endpoint's threads (its executor's) live as long as it."""
+    total = 0
+    for thread in process.threads():
+        with contextlib.suppress(OSError), open(f"/proc/{process.pid}/task/{thread.id}/schedstat") as f:
+            total += int(f.read().split()[0])
+    return total / 1e9
+
+
+def ticks_cpu_s(process: psutil.Process) -> float:
+    """User + system seconds as ``/proc/<pid>/stat`` counts them (dead threads included), a cross-check."""
     times = process.cpu_times()
     return times.user + times.system
 
@@ -284,6 +295,7 @@ def round_robin(sides: list[Side], requests: int, send: Any, what: str) -> dict[
     """``requests`` per side, request i of every side before request i + 1 of any; per side its latencies
     (seconds) and the endpoint process's CPU seconds over the phase."""
     cpu = {side.size: cpu_s(side.process) for side in sides}
+    ticks = {side.size: ticks_cpu_s(side.process) for side in sides}
     latency: dict[int, list[float]] = {side.size: [] for side in sides}
     began = time.perf_counter()
     for i in range(requests):
@@ -293,7 +305,12 @@ def round_robin(sides: list[Side], requests: int, send: Any, what: str) -> dict[
             print(f"  {what}: {i + 1}/{requests} per endpoint, {time.perf_counter() - began:.0f} s", file=sys.stderr)
     wall = time.perf_counter() - began
     return {
-        side.size: {"latency_s": latency[side.size], "cpu_s": cpu_s(side.process) - cpu[side.size], "wall_s": wall}
+        side.size: {
+            "latency_s": latency[side.size],
+            "cpu_s": cpu_s(side.process) - cpu[side.size],
+            "cpu_s_ticks": ticks_cpu_s(side.process) - ticks[side.size],
+            "wall_s": wall,
+        }
         for side in sides
     }
 
@@ -367,13 +384,18 @@ def measure(sides: list[Side], sizes: Sizes) -> dict[int, dict[str, Any]]:
                 "ideal_lru_capacity_minus_1_hit_ratio": sum(ideal_below) / sizes.requests,
                 "disagreements_with_ideal_lru": sum(1 for a, b in zip(hit, ideal, strict=True) if a != b),
                 "cpu_s": stream[size]["cpu_s"],
+                "cpu_s_ticks": stream[size]["cpu_s_ticks"],
                 "cpu_ms_per_request": stream[size]["cpu_s"] / sizes.requests * 1e3,
                 "cpu_ms_per_miss": (stream[size]["cpu_s"] - stream_hits * cpu_hit) / max(misses, 1) * 1e3,
                 "latency_hit": summarize([s for s, h in zip(lat, hit, strict=True) if h], 1e3, "ms"),
                 "latency_miss": summarize([s for s, h in zip(lat, hit, strict=True) if not h], 1e3, "ms"),
                 "wall_s": stream[size]["wall_s"],
             },
-            "hits_raw": {**summarize(raw[size]["latency_s"], 1e3, "ms"), "cpu_ms_per_request": cpu_hit * 1e3},
+            "hits_raw": {
+                **summarize(raw[size]["latency_s"], 1e3, "ms"),
+                "cpu_ms_per_request": cpu_hit * 1e3,
+                "cpu_ms_per_request_ticks": raw[size]["cpu_s_ticks"] / sizes.hits * 1e3,
+            },
             "hits_boto3": {**summarize(boto3[size]["latency_s"], 1e3, "ms"), "cpu_ms_per_request": cpu_hit_boto3 * 1e3},
             "endpoint_rss_mb_at_end": side.process.memory_info().rss / MB,
             "hit_sequence": hit,
@@ -427,8 +449,8 @@ def markdown(result: dict[str, Any]) -> str:
         "- hit or miss: the endpoint's own `metric ModelCacheHit` log line for each request (its /metrics totals "
         "agree); models held: its `loaded` / `unloading` log lines; the ideal LRU replays the same requests, "
         "warm-up included, with the most models the endpoint held at once",
-        "- CPU: the endpoint process's user + system time (its threads included; serve is another process) over "
-        "a phase / its requests; per miss = (the stream's CPU - its hits x the hits-only phase's CPU per hit) / "
+        "- CPU: the endpoint process's run time (the sum of its threads' schedstat, in ns; serve is another process) "
+        "over a phase / its requests; per miss = (the stream's CPU - its hits x the hits-only phase's CPU per hit) / "
         "misses",
         "",
         "## Hit ratio against an ideal LRU, and errors",
