@@ -167,8 +167,9 @@ def read_metrics(endpoint: LocalEndpoint) -> dict[str, float]:
 
 
 def cpu_s(process: psutil.Process) -> float:
-    """CPU seconds the process has run, in nanoseconds from each thread's schedstat (the kernel's own count;
-    ``/proc/<pid>/stat`` rounds to 10 ms ticks). The endpoint's threads (its executor's) live as long as it."""
+    """CPU seconds the process's live threads have run: the sum of their schedstat run times, which the kernel
+    counts in ns (``/proc/<pid>/stat`` rounds to 10 ms ticks). A thread that ends takes its time with it; the
+    endpoint's (its executor's) live as long as it does."""
     total = 0
     for thread in process.threads():
         with contextlib.suppress(OSError), open(f"/proc/{process.pid}/task/{thread.id}/schedstat") as f:
