@@ -17,6 +17,7 @@ from bench import (
     cold_start,
     container,
     endpoint,
+    endpoint_scale,
     examples,
     fleet,
     memory,
@@ -36,6 +37,7 @@ BENCHMARKS = {
     "memory": memory.run,
     "cold_start": cold_start.run,
     "endpoint": endpoint.run,
+    "endpoint_scale": endpoint_scale.run,
     "fleet": fleet.run,
     "peers": peers.run,
     "batching": batching.run,
@@ -47,9 +49,10 @@ BENCHMARKS = {
     "revisions": revisions.run,
     "scale": scale.run,
 }
-ON_REQUEST = {"container", "revisions", "scale"}
+ON_REQUEST = {"container", "revisions", "scale", "endpoint_scale"}
 """Only with --only: container builds and runs the image (~2 minutes); revisions compares with --against; scale
-loads up to 1,000 models (~10 minutes, GBs of memory)."""
+loads up to 1,000 models (~10 minutes, GBs of memory); endpoint_scale runs three endpoints on stores of up to
+10,000 models (~10 minutes)."""
 
 
 def write_latest(results: dict[str, dict[str, Any]], quick: bool, out_dir: Path) -> None:
