@@ -62,7 +62,8 @@ import numpy as np
 import psutil
 from botocore.exceptions import BotoCoreError, ClientError
 
-from bench.common import JSON_TYPE, finish, header_lines, new_result, summarize, tail, write_results
+from bench.common import JSON_TYPE, finish, new_result, summarize, tail, write_results
+from bench.report import header_lines, table
 from torch_mme.endpoint.naming import model_name
 from torch_mme.tools.local_server import LocalEndpoint
 from torch_mme.tools.packaging import pack
@@ -422,11 +423,10 @@ def ratios(results: dict[int, dict[str, Any]]) -> dict[str, float]:
 def markdown(result: dict[str, Any]) -> str:
     cfg, per = result["config"], result["stores"]
     sizes = [str(s) for s in cfg["stores"]]
-    cols = " | ".join(f"{int(s):,} models" for s in sizes)
-    head = [f"| figure | {cols} |", "|---|" + "---:|" * len(sizes)]
+    head = ["figure", *(f"{int(s):,} models" for s in sizes)]
 
-    def line(label: str, fmt: Any) -> str:
-        return f"| {label} | " + " | ".join(fmt(per[s]) for s in sizes) + " |"
+    def line(label: str, fmt: Any) -> list[str]:
+        return [label, *(fmt(per[s]) for s in sizes)]
 
     r = result["ratios"]
     big, small = f"{int(sizes[-1]):,}", f"{int(sizes[0]):,}"
@@ -456,59 +456,75 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "## Hit ratio against an ideal LRU, and errors",
         "",
-        *head,
-        line("errors (wrong answer or not 200, all phases)", lambda p: f"**{len(p['errors'])}**"),
-        line("distinct models requested", lambda p: str(p["stream"]["distinct_models"])),
-        line("most models held at once (capacity)", lambda p: str(p["stream"]["capacity_max_held"])),
-        line(
-            "models held after first full", lambda p: ", ".join(map(str, p["stream"]["held_counts_after_first_fill"]))
-        ),
-        line("**hit ratio, endpoint**", lambda p: f"**{p['stream']['hit_ratio']:.3f}**"),
-        line("**hit ratio, ideal LRU of that capacity**", lambda p: f"**{p['stream']['ideal_lru_hit_ratio']:.3f}**"),
-        line(
-            "hit ratio, ideal LRU of one model less",
-            lambda p: f"{p['stream']['ideal_lru_capacity_minus_1_hit_ratio']:.3f}",
-        ),
-        line(
-            "requests where endpoint and ideal LRU disagree", lambda p: str(p["stream"]["disagreements_with_ideal_lru"])
-        ),
-        line(
-            "misses / LoadModels / downloads / evictions",
-            lambda p: "{misses} / {loads:g} / {downloads:g} / {evictions:g}".format(**p["stream"]),
+        *table(
+            head,
+            [
+                line("errors (wrong answer or not 200, all phases)", lambda p: f"**{len(p['errors'])}**"),
+                line("distinct models requested", lambda p: str(p["stream"]["distinct_models"])),
+                line("most models held at once (capacity)", lambda p: str(p["stream"]["capacity_max_held"])),
+                line(
+                    "models held after first full",
+                    lambda p: ", ".join(map(str, p["stream"]["held_counts_after_first_fill"])),
+                ),
+                line("**hit ratio, endpoint**", lambda p: f"**{p['stream']['hit_ratio']:.3f}**"),
+                line(
+                    "**hit ratio, ideal LRU of that capacity**",
+                    lambda p: f"**{p['stream']['ideal_lru_hit_ratio']:.3f}**",
+                ),
+                line(
+                    "hit ratio, ideal LRU of one model less",
+                    lambda p: f"{p['stream']['ideal_lru_capacity_minus_1_hit_ratio']:.3f}",
+                ),
+                line(
+                    "requests where endpoint and ideal LRU disagree",
+                    lambda p: str(p["stream"]["disagreements_with_ideal_lru"]),
+                ),
+                line(
+                    "misses / LoadModels / downloads / evictions",
+                    lambda p: "{misses} / {loads:g} / {downloads:g} / {evictions:g}".format(**p["stream"]),
+                ),
+            ],
         ),
         "",
         "## The endpoint's own cost per request",
         "",
-        *head,
-        line("**CPU per hit, raw HTTP**", lambda p: f"**{p['hits_raw']['cpu_ms_per_request']:.3f} ms**"),
-        line("CPU per hit, boto3", lambda p: f"{p['hits_boto3']['cpu_ms_per_request']:.3f} ms"),
-        line(
-            "**CPU per miss** (download, extract, LoadModel, unload)",
-            lambda p: f"**{p['stream']['cpu_ms_per_miss']:.2f} ms**",
+        *table(
+            head,
+            [
+                line("**CPU per hit, raw HTTP**", lambda p: f"**{p['hits_raw']['cpu_ms_per_request']:.3f} ms**"),
+                line("CPU per hit, boto3", lambda p: f"{p['hits_boto3']['cpu_ms_per_request']:.3f} ms"),
+                line(
+                    "**CPU per miss** (download, extract, LoadModel, unload)",
+                    lambda p: f"**{p['stream']['cpu_ms_per_miss']:.2f} ms**",
+                ),
+                line(
+                    "CPU per request of the stream (mixes hits and misses)",
+                    lambda p: f"{p['stream']['cpu_ms_per_request']:.2f} ms",
+                ),
+                line("**p50 hit, raw HTTP**", lambda p: f"**{p['hits_raw']['p50']:.2f} ms**"),
+                line("p50 hit, boto3", lambda p: f"{p['hits_boto3']['p50']:.2f} ms"),
+                line("p99 hit, raw HTTP", lambda p: f"{p['hits_raw']['p99']:.2f} ms"),
+                line("p50 hit within the stream (boto3)", lambda p: f"{p['stream']['latency_hit']['p50']:.2f} ms"),
+                line("p50 miss within the stream (boto3)", lambda p: f"{p['stream']['latency_miss']['p50']:.0f} ms"),
+                line("endpoint RSS at the end", lambda p: f"{p['endpoint_rss_mb_at_end']:.0f} MB"),
+                line("endpoint start (serve included)", lambda p: f"{p['endpoint_start_s']:.1f} s"),
+            ],
         ),
-        line(
-            "CPU per request of the stream (mixes hits and misses)",
-            lambda p: f"{p['stream']['cpu_ms_per_request']:.2f} ms",
-        ),
-        line("**p50 hit, raw HTTP**", lambda p: f"**{p['hits_raw']['p50']:.2f} ms**"),
-        line("p50 hit, boto3", lambda p: f"{p['hits_boto3']['p50']:.2f} ms"),
-        line("p99 hit, raw HTTP", lambda p: f"{p['hits_raw']['p99']:.2f} ms"),
-        line("p50 hit within the stream (boto3)", lambda p: f"{p['stream']['latency_hit']['p50']:.2f} ms"),
-        line("p50 miss within the stream (boto3)", lambda p: f"{p['stream']['latency_miss']['p50']:.0f} ms"),
-        line("endpoint RSS at the end", lambda p: f"{p['endpoint_rss_mb_at_end']:.0f} MB"),
-        line("endpoint start (serve included)", lambda p: f"{p['endpoint_start_s']:.1f} s"),
         "",
         f"## {big} models / {small} models (goal: within {FLAT_GOAL}x)",
         "",
-        "| per request | ratio |",
-        "|---|---:|",
-        f"| **CPU per hit, raw HTTP** | **{r['cpu_per_hit_raw']:.2f}x** |",
-        f"| CPU per hit, boto3 | {r['cpu_per_hit_boto3']:.2f}x |",
-        f"| **CPU per miss** | **{r['cpu_per_miss']:.2f}x** |",
-        f"| **p50 hit, raw HTTP** | **{r['hit_p50_raw']:.2f}x** |",
-        f"| p50 hit, boto3 | {r['hit_p50_boto3']:.2f}x |",
-        f"| p50 hit within the stream | {r['stream_hit_p50']:.2f}x |",
-        f"| endpoint RSS | {r['endpoint_rss']:.2f}x |",
+        *table(
+            ["per request", "ratio"],
+            [
+                ["**CPU per hit, raw HTTP**", f"**{r['cpu_per_hit_raw']:.2f}x**"],
+                ["CPU per hit, boto3", f"{r['cpu_per_hit_boto3']:.2f}x"],
+                ["**CPU per miss**", f"**{r['cpu_per_miss']:.2f}x**"],
+                ["**p50 hit, raw HTTP**", f"**{r['hit_p50_raw']:.2f}x**"],
+                ["p50 hit, boto3", f"{r['hit_p50_boto3']:.2f}x"],
+                ["p50 hit within the stream", f"{r['stream_hit_p50']:.2f}x"],
+                ["endpoint RSS", f"{r['endpoint_rss']:.2f}x"],
+            ],
+        ),
         "",
     ]
     for s in sizes:

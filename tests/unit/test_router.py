@@ -9,6 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from torch_mme.endpoint.cache import DiskCache
 from torch_mme.endpoint.container import LOAD_TIMEOUT_S, Reply
@@ -188,9 +189,13 @@ def routed(tmp_path: Path, serving: Serving, *targets: str) -> tuple[Router, Met
 
 
 def summary(metrics: Metrics, name: str) -> tuple[float, int]:
-    """(sum, count) of a summary metric, from the Prometheus text a user reads."""
-    values = dict(line.rsplit(" ", 1) for line in metrics.prometheus().splitlines() if not line.startswith("#"))
-    return float(values[f"sagemaker_{name}_sum"]), int(values[f"sagemaker_{name}_count"])
+    """(sum, count) of a summary metric, from the Prometheus text a user reads (prometheus_client's parser)."""
+    values = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(metrics.prometheus())
+        for sample in family.samples
+    }
+    return values[f"sagemaker_{name}_sum"], int(values[f"sagemaker_{name}_count"])
 
 
 def answered(reply: Reply) -> str:
@@ -229,9 +234,9 @@ def test_a_target_not_in_the_store_is_a_validation_error_as_sagemaker_answers_it
     with pytest.raises(ValidationError) as caught:
         asyncio.run(router.invoke("absent.tar.gz", b"x", {}))
     error = caught.value
-    assert (error.status, error.kind) == (400, "ValidationError")
+    assert (error.status, error.type_name) == (400, "ValidationError")
     assert str(error) == f"Could not find model data at {tmp_path / 'store'}/absent.tar.gz (TargetModel absent.tar.gz)"
-    assert error.body() == {"__type": "ValidationError", "message": str(error)}
+    assert json.loads(error.body()) == {"__type": "ValidationError", "message": str(error)}
     assert serving.loads == []
     assert [p.name for p in (tmp_path / "models").iterdir()] == []  # no partial download left behind
 
