@@ -229,3 +229,23 @@ def test_mms_unreachable_is_502(world):
         "ModelServerUnavailable",
         "model server is not reachable: [Errno 111] Connection refused",
     )
+
+
+def test_an_unload_that_outwaits_a_load_of_the_name_is_503_and_leaves_the_load_alone(world, monkeypatch):
+    from torch_mme.runtime import lifecycle
+
+    monkeypatch.setattr(lifecycle, "LOAD_TIMEOUT_S", 0.2)
+
+    async def run() -> None:
+        world.model("a")
+        register = world.mms.hold("POST", "/models")
+        load = asyncio.ensure_future(world.front.handle(Request("POST", "/models", "", [], b'{"url": "a"}')))
+        await register.entered.wait()
+        response = await world.front.handle(Request("DELETE", "/models/a", "", []))
+        status, kind, message = error(response)
+        assert (status, kind) == (503, "ServiceUnavailable") and "model a is still loading" in message
+        assert ("Retry-After", "1") in response.headers
+        register.release.set()
+        assert (await load).status == 200 and world.mms.models == {"a"}
+
+    world.loop.run_until_complete(asyncio.wait_for(run(), 30))
