@@ -4,6 +4,8 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
+EXAMPLES = "torch_mme.tools.example_models"
+
 setup(
     name="torch-mme",
     version="0.1.0",
@@ -11,8 +13,14 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
-    packages=find_packages(include=["handler", "handler.*", "torch_mme", "torch_mme.*"]),
-    package_data={"torch_mme.runtime": ["etc/*", "java/*.java"]},
+    # examples/ ships as torch_mme/tools/example_models (data only: each model's code/, build.py and the
+    # README), so that `torch-mme demo` finds the example models outside a checkout too
+    packages=[*find_packages(include=["handler", "handler.*", "torch_mme", "torch_mme.*"]), EXAMPLES],
+    package_dir={EXAMPLES: "examples"},
+    package_data={
+        "torch_mme.runtime": ["etc/*", "java/*.java", "waiter.sh"],
+        EXAMPLES: ["README.md", "*/README.md", "*/build.py", "*/code/*.py", "*/code/requirements.txt"],
+    },
     install_requires=[
         # MMS 1.1.11 and sagemaker-inference 1.10 import pkg_resources, which setuptools>=81 dropped.
         "setuptools<81",
@@ -28,6 +36,8 @@ setup(
         "prometheus_client>=0.17",
         "boto3>=1.28",
         "setproctitle>=1.3",
+        # the per-model deps folder's install lock (handler/requirements.py); torch depends on it too
+        "filelock>=3.12",
     ],
     extras_require={
         "demo": ["scikit-learn>=1.3", "safetensors>=0.4"],

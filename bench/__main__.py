@@ -1,16 +1,14 @@
 """``python -m bench [--quick] [--only NAME] [--out bench/results]``: run the benchmarks and write their results.
 
-Without ``--only`` every benchmark but the container and revisions ones runs, and ``latest.json`` (every result of this
-run) and ``latest.md`` (the peers comparison, then an index of the other results) are written too, next
-to the charts the peers benchmark draws.
+Without ``--only`` every benchmark but the on-request ones runs, and ``latest.md`` (the peers comparison, then
+an index of the other results) is written too, next to the charts the peers benchmark draws. Every result
+is in its own ``<name>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from bench import (
     cold_start,
     container,
     endpoint,
+    endpoint_scale,
     examples,
     fleet,
     memory,
@@ -28,40 +27,53 @@ from bench import (
     scale,
     serve_latency,
     soak,
+    upstream,
 )
+from bench.peers import peerenv
+from bench.report import bullets
 
 BENCHMARKS = {
     "serve_latency": serve_latency.run,
     "memory": memory.run,
     "cold_start": cold_start.run,
     "endpoint": endpoint.run,
+    "endpoint_scale": endpoint_scale.run,
     "fleet": fleet.run,
     "peers": peers.run,
     "batching": batching.run,
     "examples": examples.run,
     "satisfied_requirements": satisfied_requirements.run,
     "soak": soak.run,
+    "upstream": upstream.run,
     "container": container.run,
     "revisions": revisions.run,
     "scale": scale.run,
 }
-ON_REQUEST = {"container", "revisions", "scale"}
+ON_REQUEST = {"container", "revisions", "scale", "endpoint_scale"}
 """Only with --only: container builds and runs the image (~2 minutes); revisions compares with --against; scale
-loads up to 1,000 models (~10 minutes, GBs of memory)."""
+loads up to 1,000 models (~10 minutes, GBs of memory); endpoint_scale runs three endpoints on stores of up to
+10,000 models (~10 minutes)."""
 
 
 def write_latest(results: dict[str, dict[str, Any]], quick: bool, out_dir: Path) -> None:
-    """``latest.json``: every result of this run; ``latest.md``: the peers markdown and an index of the rest."""
+    """``latest.md``: the peers markdown and an index of this run's results."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    latest = {"date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "quick": quick}
-    (out_dir / "latest.json").write_text(json.dumps({**latest, "benchmarks": results}, indent=2) + "\n")
-    text = (out_dir / "peers.md").read_text() if "peers" in results else "# benchmarks\n"
-    lines = [text.rstrip("\n"), "", "## Every benchmark of this run", ""]
-    for name, result in results.items():
-        lines.append(f"- [{name}]({name}.md): {result.get('wall_s', 0):.0f} s")
+    peers = (out_dir / "peers.md").read_text().rstrip("\n") if "peers" in results else "# benchmarks"
+    index = [f"[{name}]({name}.md): {result.get('wall_s', 0):.0f} s" for name, result in results.items()]
     total = sum(r.get("wall_s", 0) for r in results.values())
-    lines += ["", f"All together: {total:.0f} s ({'quick' if quick else 'full'} size).", ""]
-    (out_dir / "latest.md").write_text("\n".join(lines))
+    text = "\n".join(
+        [
+            peers,
+            "",
+            "## Every benchmark of this run",
+            "",
+            *bullets(index),
+            "",
+            f"All together: {total:.0f} s ({'quick' if quick else 'full'} size).",
+            "",
+        ]
+    )
+    (out_dir / "latest.md").write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--against", default="HEAD", help="with --only revisions: the git revision to compare with")
     parser.add_argument("--label", default="after", help="with --only scale: the name this run is stored under")
     parser.add_argument("--stages", default="", help="with --only scale: resident counts, e.g. 10,100,400,1000")
+    parser.add_argument(
+        "--peers-venv", type=Path, help="peers and batching: the peers' venv (default ~/.cache/torch-mme/bench-venv)"
+    )
     args = parser.parse_args(argv)
+    if args.peers_venv is not None:
+        peerenv.VENV_DIR = args.peers_venv
     results = {}
     for name, run in BENCHMARKS.items():
         if args.only == name or (args.only is None and name not in ON_REQUEST):

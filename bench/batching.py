@@ -38,13 +38,14 @@ from typing import Any
 import numpy as np
 import psutil
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import (
     JSON_TYPE,
     finish,
-    header_lines,
     new_result,
     request_body,
+    rotation,
     summarize,
     tail,
     write_model,
@@ -53,6 +54,7 @@ from bench.common import (
 from bench.peers import peerenv
 from bench.peers.client import KeepAlive, run_load, timed
 from bench.peers.servers import APPS, TorchServe
+from bench.report import document, na, table
 from torch_mme.runtime import processes
 from torch_mme.tools.local_server import LocalServer
 
@@ -129,14 +131,6 @@ def raw_request(port: int, path: str, body: bytes, content_type: str, accept: st
     return head.encode() + body
 
 
-def rotation(keys: list[str], chunk: int) -> list[str]:
-    """The order of ``keys`` in chunk ``chunk``: rotated by one each chunk, so none is always first or last."""
-    if not keys:
-        return []
-    shift = chunk % len(keys)
-    return keys[shift:] + keys[:shift]
-
-
 def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
@@ -159,11 +153,10 @@ def goals(throughput: dict[str, float], p50_ms: dict[str, float], metrics_ratio:
 def histogram_mean(text: str, name: str, model: str) -> float | None:
     """``<name>_sum / <name>_count`` of the series labelled ``model`` in Prometheus text; None when absent."""
     found = {}
-    for line in text.splitlines():
-        for part in ("sum", "count"):
-            prefix = f'{name}_{part}{{model="{model}"}} '
-            if line.startswith(prefix):
-                found[part] = float(line[len(prefix) :])
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("model") == model and sample.name in (f"{name}_sum", f"{name}_count"):
+                found[sample.name.rsplit("_", 1)[1]] = sample.value
     return found["sum"] / found["count"] if found.get("count") else None
 
 
@@ -477,95 +470,98 @@ def _mark(passed: bool | None) -> str:
     return "n/a" if passed is None else ("**pass**" if passed else "**fail**")
 
 
-def _fmt(value: float | None, spec: str = ".2f") -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
 def markdown(result: dict[str, Any]) -> str:
     tp, one, mc, g, r = (result[k] for k in ("throughput", "one_client_ms", "metrics_cost", "goals", "ratios"))
-    lines = [
-        "# Batching, TorchServe with the same batch settings, and the cost of metrics",
-        "",
-        *header_lines(result),
-        f"- model: {result['config']['model']}; body: {result['config']['body']}",
-        f"- batched copy's torch-mme.json: `{json.dumps(MEMORY_CONFIG)}`; the other: `{json.dumps(SINGLE_CONFIG)}`",
-        "- measured side by side in one run, in alternating chunks whose order rotates (bench/batching.py)",
-        "",
-        "## Goals",
-        "",
-        "| goal | figure | bound | |",
-        "|---|---|---|---|",
-        f"| throughput at {CLIENTS} clients, batch {BATCH} / batch 1 | {_fmt(g['throughput_ratio']['value'])}x | "
-        f">= {THROUGHPUT_GOAL:g}x | {_mark(g['throughput_ratio']['pass'])} |",
-        f"| p50 at 1 client, batch {BATCH} | {_fmt(g['p50_at_1_client_ms']['value'])} ms | "
-        f"<= batch-1 p50 + {DELAY_MS} ms = {_fmt(g['p50_at_1_client_ms']['bound'])} ms | "
-        f"{_mark(g['p50_at_1_client_ms']['pass'])} |",
-        f"| invoke p50, metrics on / off (tiny model) | {_fmt(g['metrics_p50_ratio']['value'], '.3f')} | "
-        f"<= {METRICS_GOAL:g} | {_mark(g['metrics_p50_ratio']['pass'])} |",
-        "",
-        f"## Memory-bound model: {CLIENTS} clients and 1 client",
-        "",
-        "| server | req/s at 32 clients | p50 / p99 under load (ms) | p50 / p99 at 1 client (ms) | "
-        "client cores | server cores (by process) | errors |",
-        "|---|---|---|---|---|---|---|",
+    t_goal, p_goal, m_goal = g["throughput_ratio"], g["p50_at_1_client_ms"], g["metrics_p50_ratio"]
+    goals = [
+        [
+            f"throughput at {CLIENTS} clients, batch {BATCH} / batch 1",
+            f"{na(t_goal['value'])}x",
+            f">= {THROUGHPUT_GOAL:g}x",
+            _mark(t_goal["pass"]),
+        ],
+        [
+            f"p50 at 1 client, batch {BATCH}",
+            f"{na(p_goal['value'])} ms",
+            f"<= batch-1 p50 + {DELAY_MS} ms = {na(p_goal['bound'])} ms",
+            _mark(p_goal["pass"]),
+        ],
+        [
+            "invoke p50, metrics on / off (tiny model)",
+            na(m_goal["value"], ".3f"),
+            f"<= {METRICS_GOAL:g}",
+            _mark(m_goal["pass"]),
+        ],
     ]
+    servers = []
     for key, t in tp.items():
         lat = t["latency_ms"] or {"p50": None, "p99": None}
         roles = ", ".join(f"{kind} {cores:.2f}" for kind, cores in t["server_cores_by_role"].items())
-        lines.append(
-            f"| {LABELS[key]} | {t['rps']:.1f} | {_fmt(lat['p50'], '.1f')} / {_fmt(lat['p99'], '.1f')} | "
-            f"{one[key]['p50']:.2f} / {one[key]['p99']:.2f} | {t['client_cores']:.2f} | "
-            f"{t['server_cores']:.2f} ({roles}) | {t['errors']} |"
+        servers.append(
+            [
+                LABELS[key],
+                f"{t['rps']:.1f}",
+                f"{na(lat['p50'], '.1f')} / {na(lat['p99'], '.1f')}",
+                f"{one[key]['p50']:.2f} / {one[key]['p99']:.2f}",
+                f"{t['client_cores']:.2f}",
+                f"{t['server_cores']:.2f} ({roles})",
+                t["errors"],
+            ]
         )
     fwd, mean = result["forward_ms"], result.get("mean_batch_size", {})
     ceiling = BATCH * fwd["1"] / fwd[str(BATCH)]
-    lines += [
-        "",
+    ts = result.get("torchserve", {})
+    if "skipped" in ts:
+        torchserve = f"TorchServe was not measured: {ts['skipped'].splitlines()[0]}"
+    else:
+        torchserve = (
+            f"TorchServe {ts['versions'].get('torchserve')}: {ts['register']}; {ts['handler']}; {ts['torch_threads']}."
+        )
+    on, off = mc["latency_ms"]["metrics_on"], mc["latency_ms"]["metrics_off"]
+    status = mc["metrics_endpoint_status"]
+    metrics = [
+        ["metrics on", f"{on['p50']:.3f}", f"{on['p99']:.3f}", on["n"], status["metrics_on"]],
+        ["`TORCH_MME_METRICS=false`", f"{off['p50']:.3f}", f"{off['p99']:.3f}", off["n"], status["metrics_off"]],
+        ["ratio on / off", f"{mc['p50_ratio']:.3f}", f"{mc['p99_ratio']:.3f}", "", ""],
+    ]
+    return document(
+        "Batching, TorchServe with the same batch settings, and the cost of metrics",
+        result,
+        "## Goals",
+        table(["goal", "figure", "bound", ""], goals, "llll"),
+        f"## Memory-bound model: {CLIENTS} clients and 1 client",
+        table(
+            ["server", "req/s at 32 clients", "p50 / p99 under load (ms)", "p50 / p99 at 1 client (ms)"]
+            + ["client cores", "server cores (by process)", "errors"],
+            servers,
+            "lllllll",
+        ),
         f"In-process forward (1 thread, median): {fwd['1']:.2f} ms for 1 row, {fwd[str(BATCH)]:.2f} ms for "
         f"{BATCH} rows, so the forward alone allows at most {ceiling:.2f}x from batching on this machine. Mean "
         f"batch size of the torch-mme runs (its /metrics, every request of the run): batch {BATCH} copy "
-        f"{_fmt(mean.get('mme_b16'))}, batch-1 copy {_fmt(mean.get('mme_b1'))}.",
-        "",
-        f"Ratios: torch-mme batch {BATCH} / batch 1 throughput {_fmt(r['mme_b16_over_b1_rps'])}x; "
-        f"TorchServe batch {BATCH} / batch 1 {_fmt(r['ts_b16_over_b1_rps'])}x; torch-mme / TorchServe at batch "
-        f"{BATCH}: throughput {_fmt(r['mme_b16_over_ts_b16_rps'])}x, p50 at 1 client "
-        f"{_fmt(r['mme_b16_over_ts_b16_p50'])}x; at batch 1: throughput {_fmt(r['mme_b1_over_ts_b1_rps'])}x.",
-        "",
+        f"{na(mean.get('mme_b16'))}, batch-1 copy {na(mean.get('mme_b1'))}.",
+        f"Ratios: torch-mme batch {BATCH} / batch 1 throughput {na(r['mme_b16_over_b1_rps'])}x; "
+        f"TorchServe batch {BATCH} / batch 1 {na(r['ts_b16_over_b1_rps'])}x; torch-mme / TorchServe at batch "
+        f"{BATCH}: throughput {na(r['mme_b16_over_ts_b16_rps'])}x, p50 at 1 client "
+        f"{na(r['mme_b16_over_ts_b16_p50'])}x; at batch 1: throughput {na(r['mme_b1_over_ts_b1_rps'])}x.",
         "Client and server cores are CPU seconds per second of the chunks: the client (this process, asyncio) "
         "and the server's whole process tree. Their sum against the machine's cores says whether the machine "
         "was saturated, and the client's share how much of it the load generator took.",
-        "",
-    ]
-    ts = result.get("torchserve", {})
-    if "skipped" in ts:
-        lines += [f"TorchServe was not measured: {ts['skipped'].splitlines()[0]}", ""]
-    else:
-        lines += [
-            f"TorchServe {ts['versions'].get('torchserve')}: {ts['register']}; {ts['handler']}; {ts['torch_threads']}.",
-            "",
-        ]
-    on, off = mc["latency_ms"]["metrics_on"], mc["latency_ms"]["metrics_off"]
-    lines += [
+        torchserve,
         "## The cost of metrics (tiny model, 1 keep-alive client, two serve instances)",
-        "",
-        "| | p50 (ms) | p99 (ms) | samples | GET /metrics |",
-        "|---|---|---|---|---|",
-        f"| metrics on | {on['p50']:.3f} | {on['p99']:.3f} | {on['n']} | "
-        f"{mc['metrics_endpoint_status']['metrics_on']} |",
-        f"| `TORCH_MME_METRICS=false` | {off['p50']:.3f} | {off['p99']:.3f} | {off['n']} | "
-        f"{mc['metrics_endpoint_status']['metrics_off']} |",
-        f"| ratio on / off | {mc['p50_ratio']:.3f} | {mc['p99_ratio']:.3f} | | |",
-        "",
+        table(["", "p50 (ms)", "p99 (ms)", "samples", "GET /metrics"], metrics, "lllll"),
         f"p50 difference on - off: {(on['p50'] - off['p50']) * 1e3:.0f} us. In this process, what metrics add to "
         f"a request costs {mc['in_process']['front_invoked_us']:.1f} us in the front (`ModelMetrics.invoked`: "
         f"counter, latency, queue, inference and batch-size histograms) and "
         f"{mc['in_process']['handler_format_timing_us']:.1f} us in the handler (`format_timing`), plus the "
         "timing header's way through MMS.",
-        "",
-    ]
-    if result.get("plot"):
-        lines += [f"![batching]({result['plot']})", ""]
-    return "\n".join(lines)
+        f"![batching]({result['plot']})" if result.get("plot") else "",
+        facts=[
+            f"model: {result['config']['model']}; body: {result['config']['body']}",
+            f"batched copy's torch-mme.json: `{json.dumps(MEMORY_CONFIG)}`; the other: `{json.dumps(SINGLE_CONFIG)}`",
+            "measured side by side in one run, in alternating chunks whose order rotates (bench/batching.py)",
+        ],
+    )
 
 
 def plot(result: dict[str, Any], out_dir: Path) -> str | None:

@@ -23,13 +23,13 @@ import psutil
 from bench.common import (
     JSON_TYPE,
     finish,
-    header_lines,
     new_result,
     request_body,
     summarize,
     write_model,
     write_results,
 )
+from bench.report import document, goals_table, table
 from torch_mme.runtime import processes
 from torch_mme.tools.local_server import LocalServer
 
@@ -132,16 +132,13 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict[str, Any]:
         "invoke p50 within 5% of before": after["invoke_ms"]["p50"] <= before["invoke_ms"]["p50"] * 1.05,
     }
     result["goals"] = goals
-    lines = ["# cold start: model processes forked from the template vs a fresh Python each", ""]
-    lines += header_lines(result)
-    lines += [
-        f"- model: scripted `nn.Linear(16, 4)`; {sizes.loads} LoadModels per mode, each a new name; memory summed "
-        "over the process tree of `serve`, 'per model' = median increment from the 2nd model on (the 1st fork "
-        "turns the template's pages into shared ones); invoke latency over one keep-alive connection",
-        "",
-        "| measure | before (fresh Python) | after (template) | after / before |",
-        "|---|---:|---:|---:|",
-    ]
+    write_results(result, markdown(result), Path(out_dir))
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    sizes = QUICK if result["quick"] else FULL
+    before, after = result["modes"]["false"], result["modes"]["true"]
     rows = [
         ("LoadModel p50", before["load_s"]["p50"], after["load_s"]["p50"], "s"),
         ("LoadModel p99", before["load_s"]["p99"], after["load_s"]["p99"], "s"),
@@ -153,10 +150,17 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict[str, Any]:
         ("invoke p50", before["invoke_ms"]["p50"], after["invoke_ms"]["p50"], "ms"),
         ("invoke p99", before["invoke_ms"]["p99"], after["invoke_ms"]["p99"], "ms"),
     ]
-    for label, b, a, unit in rows:
-        lines.append(f"| {label} | {b:.3f} {unit} | {a:.3f} {unit} | {a / b:.2f}x |")
-    lines += ["", "| goal (issue 8) | result |", "|---|---|"]
-    lines += [f"| {goal} | {'PASS' if ok else 'FAIL'} |" for goal, ok in goals.items()]
-    lines.append("")
-    write_results(result, "\n".join(lines) + "\n", Path(out_dir))
-    return result
+    return document(
+        "cold start: model processes forked from the template vs a fresh Python each",
+        result,
+        table(
+            ["measure", "before (fresh Python)", "after (template)", "after / before"],
+            [(label, f"{b:.3f} {unit}", f"{a:.3f} {unit}", f"{a / b:.2f}x") for label, b, a, unit in rows],
+        ),
+        goals_table(result["goals"], "goal (issue 8)"),
+        facts=[
+            f"model: scripted `nn.Linear(16, 4)`; {sizes.loads} LoadModels per mode, each a new name; memory summed "
+            "over the process tree of `serve`, 'per model' = median increment from the 2nd model on (the 1st fork "
+            "turns the template's pages into shared ones); invoke latency over one keep-alive connection"
+        ],
+    )

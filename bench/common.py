@@ -1,4 +1,5 @@
-"""What the benchmarks share: the tiny model and its request body, percentiles, and the results' header.
+"""What the benchmarks share: the tiny model and its request body (tests/support/models.py), percentiles, and the
+results' metadata (bench/report.py writes it as each report's header).
 
 Every benchmark writes ``<name>.json`` (all numbers) and ``<name>.md`` (a short
 summary) with the same header: date, commit, size, machine and versions.
@@ -6,45 +7,24 @@ summary) with the same header: date, commit, size, machine and versions.
 
 from __future__ import annotations
 
-import http.client
 import importlib.metadata
 import json
 import os
 import platform
-import re
 import subprocess
 import time
-import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from handler import model as handler_model
+from tests.support import tail  # noqa: F401 - for every benchmark
+from tests.support.models import FEATURES, JSON_TYPE, OUTPUTS, request_body, write_model  # noqa: F401 - for every benchmark
 
-JSON_TYPE = "application/json"
-FEATURES, OUTPUTS = 16, 4
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VERSIONED = ("torch", "numpy", "multi-model-server", "sagemaker-inference", "aiohttp")
-
-
-def write_model(model_dir: Path, seed: int) -> torch.nn.Module:
-    """A scripted ``nn.Linear(16, 4)`` saved as ``model_dir/model.pt``; returns the eager module."""
-    torch.manual_seed(seed)
-    module = torch.nn.Linear(FEATURES, OUTPUTS).eval()
-    model_dir.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.script(module).save(str(model_dir / "model.pt"))
-    return module
-
-
-def request_body(seed: int = 123) -> bytes:
-    """One row of 16 floats as a JSON body: ``[[x0, ..., x15]]``."""
-    row = np.random.default_rng(seed).standard_normal(FEATURES).round(4).tolist()
-    return json.dumps([row]).encode()
 
 
 def summarize(samples_s: list[float], scale: float, unit: str) -> dict[str, Any]:
@@ -139,28 +119,6 @@ def finish(result: dict[str, Any], began: float) -> None:
     result["wall_s"] = time.perf_counter() - began
 
 
-def header_lines(result: dict[str, Any]) -> list[str]:
-    """The markdown bullets for date, commit, size, machine and versions."""
-    m, v = result["machine"], result["versions"]
-    size = "quick" if result["quick"] else "full"
-    dirty = " (tracked files modified)" if result["git_dirty"] else ""
-    start, end = m.get("loadavg_start"), m.get("loadavg_end")
-    load = f"; load average {start[0]:.2f} -> {end[0]:.2f}" if start and end else ""
-    return [
-        f"- date (UTC): {result['date_utc']}; commit: `{result['git_commit']}`{dirty}; size: {size}",
-        f"- machine: {m['cpu_model']}, {m['cpu_count']} CPUs, {m['platform']}{load}",
-        "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
-    ]
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    """The last ``lines`` lines of a log file, for a failure message."""
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 def write_results(result: dict[str, Any], text: str, out_dir: Path) -> None:
     """``<benchmark>.json`` (all numbers) and ``<benchmark>.md`` (``text``) in ``out_dir``; prints ``text``."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -181,63 +139,9 @@ def time_inproc(model: handler_model.Model, body: bytes, calls: int) -> list[flo
     return samples
 
 
-_TRACEBACK = re.compile(rb'Traceback \(most recent call last\)|File \\?"[^"\n]*\\?", line \d+')
-"""What a Python traceback prints (also JSON-escaped): its header, or a frame line."""
-
-
-def json_error_problem(status: int, body: bytes) -> str | None:
-    """Why ``body`` is not a short one-line JSON error for ``status`` (``{"code", "message"}``, no traceback)."""
-    if len(body) >= 4096:
-        return "longer than 4 kB"
-    if _TRACEBACK.search(body):  # the words alone may be the client's own (a CSV cell 'Traceback', quoted back)
-        return "carries a traceback"
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        return "not JSON"
-    if not isinstance(payload, dict) or payload.get("code") != status or not payload.get("message"):
-        return "not {code, message} for this status"
-    if "\n" in body.decode(errors="replace").strip():
-        return "more than one line"
-    return None
-
-
-class KeepAliveClient:
-    """A keep-alive HTTP/1.1 client (one connection), reconnecting after errors.
-
-    A request whose connection the server closed is sent once more on a new one (a keep-alive connection
-    closed while idle is normal); ``resent`` counts them, so a caller that must see every answer can check.
-    """
-
-    def __init__(self, port: int, timeout: float) -> None:
-        self.port = port
-        self.timeout = timeout
-        self.conn: http.client.HTTPConnection | None = None
-        self.resent = 0
-
-    def request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, dict, bytes]:
-        for attempt in (0, 1):
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
-            try:
-                chunked = body is not None and not isinstance(body, (bytes, bytearray))  # an iterable: chunked encoding
-                self.conn.request(method, path, body=body, headers=headers, encode_chunked=chunked)
-                response = self.conn.getresponse()
-                data = response.read()
-                if response.getheader("Connection", "").lower() == "close":
-                    self.close()
-                return response.status, {k.lower(): v for k, v in response.getheaders()}, data
-            except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected):
-                self.close()  # a keep-alive connection the server closed between requests: retry once
-                if attempt:
-                    raise
-                self.resent += 1
-            except Exception:
-                self.close()
-                raise
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+def rotation(keys: list[str], chunk: int) -> list[str]:
+    """The order of ``keys`` in chunk ``chunk``: rotated by one each chunk, so none is always first or last."""
+    if not keys:
+        return []
+    shift = chunk % len(keys)
+    return keys[shift:] + keys[:shift]

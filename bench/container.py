@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO_ROOT, finish, header_lines, new_result, write_model, write_results
+from bench.common import REPO_ROOT, finish, new_result, write_model, write_results
+from bench.report import document, pairs
 from container.engine import CONTAINER_MODELS_ROOT, ContainerServer, Engine, find_engine
 
 TAG = "torch-mme:bench"
@@ -37,6 +38,7 @@ BUILD_INPUTS = [
     "pyproject.toml",
     "handler",
     "torch_mme",
+    "examples",
     "container",
 ]
 CODE_FILE = "torch_mme/__init__.py"
@@ -174,38 +176,39 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict[str, Any]:
 
 def report(result: dict[str, Any]) -> str:
     b, image, start, eng = result["build"], result["image"], result["start"], result["engine"]
-    lines = [
-        "# Container image: size, build and start times",
-        "",
-        *header_lines(result),
-        f"- engine: {eng['name']} {eng['version']}; base image {BASE_IMAGE}"
-        + base_note(eng["base_description"], eng["base_bytes"]),
-        "",
-        "| measure | value |",
-        "|---|---|",
-        f"| image size | {image['bytes'] / 1e9:.2f} GB |",
-        f"| cold build (`--no-cache`, wheelhouse filled, base image present) | {b['cold_no_cache_s']:.1f} s |",
-        f"| rebuild, nothing changed | {b['rebuild_unchanged_s']:.1f} s |",
-        f"| rebuild after `touch {CODE_FILE}` (mtime only) | {b['rebuild_after_touch_s']:.1f} s |",
-        f"| rebuild after a code-only change to `{CODE_FILE}` | {b['rebuild_after_code_change_s']:.1f} s |",
-        f"| the one layer a code-only change rebuilds (and pushes) | {image['project_layer_bytes'] / 1e3:.0f} kB |",
-        f"| `{eng['name']} run` to the first 200 from /ping (median of {start['runs']}) | "
-        f"{start['run_to_ping_median_s']:.2f} s |",
-        "| first LoadModel of a tiny TorchScript model in the container (median) | "
-        f"{start['first_load_median_s']:.2f} s |",
-        "",
-        "Largest layers:",
-        "",
-        "| size | made by |",
-        "|---|---|",
-        *(f"| {layer['bytes'] / 1e6:.0f} MB | `{layer['created_by']}` |" for layer in image["largest_layers"]),
-        "",
-        "Build times are docker-build.sh's wall time, its wheelhouse check included (pip's resolver, about",
-        "1.5 s). The layer cache keys COPY on content, so a touch alone rebuilds nothing; a code change",
-        "rebuilds only the project's layer, never the torch/MMS venv or Java. Sizes are uncompressed.",
-        "",
+    measures = [
+        ("image size", f"{image['bytes'] / 1e9:.2f} GB"),
+        ("cold build (`--no-cache`, wheelhouse filled, base image present)", f"{b['cold_no_cache_s']:.1f} s"),
+        ("rebuild, nothing changed", f"{b['rebuild_unchanged_s']:.1f} s"),
+        (f"rebuild after `touch {CODE_FILE}` (mtime only)", f"{b['rebuild_after_touch_s']:.1f} s"),
+        (f"rebuild after a code-only change to `{CODE_FILE}`", f"{b['rebuild_after_code_change_s']:.1f} s"),
+        ("the one layer a code-only change rebuilds (and pushes)", f"{image['project_layer_bytes'] / 1e3:.0f} kB"),
+        (
+            f"`{eng['name']} run` to the first 200 from /ping (median of {start['runs']})",
+            f"{start['run_to_ping_median_s']:.2f} s",
+        ),
+        (
+            "first LoadModel of a tiny TorchScript model in the container (median)",
+            f"{start['first_load_median_s']:.2f} s",
+        ),
     ]
-    return "\n".join(lines)
+    layers = [(f"{layer['bytes'] / 1e6:.0f} MB", f"`{layer['created_by']}`") for layer in image["largest_layers"]]
+    return document(
+        "Container image: size, build and start times",
+        result,
+        pairs(measures, ("measure", "value")),
+        "Largest layers:",
+        pairs(layers, ("size", "made by")),
+        [
+            "Build times are docker-build.sh's wall time, its wheelhouse check included (pip's resolver, about",
+            "1.5 s). The layer cache keys COPY on content, so a touch alone rebuilds nothing; a code change",
+            "rebuilds only the project's layer, never the torch/MMS venv or Java. Sizes are uncompressed.",
+        ],
+        facts=[
+            f"engine: {eng['name']} {eng['version']}; base image {BASE_IMAGE}"
+            + base_note(eng["base_description"], eng["base_bytes"])
+        ],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,6 @@ hit is what the endpoint itself says: its ``sagemaker_ModelCacheHit`` summary
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import math
@@ -43,7 +42,6 @@ import tempfile
 import time
 import urllib.error
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -57,14 +55,14 @@ from bench.common import (
     JSON_TYPE,
     OUTPUTS,
     finish,
-    header_lines,
     new_result,
     request_body,
     summarize,
-    tail,
     write_model,
     write_results,
 )
+from bench.report import bullets, document, ms, stats_row, table
+from tests.support.endpoint import ENDPOINT_NAME, delta, invoke, read_metrics, running, start_endpoint
 from torch_mme.endpoint.naming import model_name
 from torch_mme.runtime import processes
 from torch_mme.runtime.admission import Admission
@@ -74,7 +72,6 @@ from torch_mme.tools.local_server import LocalEndpoint, LocalServer
 from torch_mme.tools.packaging import pack
 
 MB = 2**20
-ENDPOINT_NAME = "local"
 TARGET_HEADER = "X-Amzn-SageMaker-Target-Model"
 WARMUP_TARGET = "warmup.tar.gz"
 DIRECT_WARMUP = "bench-direct-warmup"
@@ -120,36 +117,9 @@ def zipf_target(i: int) -> str:
     return f"zipf/m{i:04d}.tar.gz"
 
 
-def read_metrics(endpoint: LocalEndpoint) -> dict[str, float]:
-    """The endpoint's Prometheus text as ``{series: value}`` (labels kept in the series name)."""
-    values: dict[str, float] = {}
-    for line in endpoint.metrics().splitlines():
-        if line and not line.startswith("#"):
-            series, _, value = line.rpartition(" ")
-            values[series] = float(value)
-    return values
-
-
-def delta(after: dict[str, float], before: dict[str, float], name: str) -> float:
-    """The change of ``sagemaker_<name>`` between two readings (0 where the series is missing); the timing
-    metrics are in microseconds, as SageMaker documents them."""
-    series = f"sagemaker_{name}"
-    return after.get(series, 0.0) - before.get(series, 0.0)
-
-
 def errors_in(metrics: dict[str, float]) -> dict[str, float]:
     """``sagemaker_InvocationErrors_total{type=...}`` series, by type."""
     return {k: v for k, v in metrics.items() if k.startswith("sagemaker_InvocationErrors_total")}
-
-
-def invoke(client: Any, target: str, body: bytes) -> tuple[float, int, bytes]:
-    """One boto3 ``invoke_endpoint``, Body read to the end; (seconds, status, body). Raises the client's errors."""
-    start = time.perf_counter()
-    answer = client.invoke_endpoint(
-        EndpointName=ENDPOINT_NAME, TargetModel=target, ContentType=JSON_TYPE, Accept=JSON_TYPE, Body=body
-    )
-    data = answer["Body"].read()
-    return time.perf_counter() - start, answer["ResponseMetadata"]["HTTPStatusCode"], data
 
 
 def post(conn: http.client.HTTPConnection, path: str, body: bytes, headers: dict[str, str]) -> tuple[float, bytes]:
@@ -170,37 +140,6 @@ def check_answer(data: bytes, expected: np.ndarray, what: str) -> None:
         np.testing.assert_allclose(np.array(json.loads(data)), expected, rtol=1e-5, atol=1e-6)
     except (AssertionError, ValueError) as exc:
         raise RuntimeError(f"{what}: wrong answer {data[:200]!r}") from exc
-
-
-@contextlib.contextmanager
-def running(
-    models_root: Path, store: Path, log_dir: Path, tag: str, env: dict[str, str] | None = None
-) -> Iterator[tuple[LocalServer, LocalEndpoint]]:
-    """A ``LocalServer`` (with ``env``) and a ``LocalEndpoint`` attached to it; both stopped whatever happens."""
-    serve_log, endpoint_log = log_dir / f"serve-{tag}.log", log_dir / f"endpoint-{tag}.log"
-    with open(serve_log, "wb") as slog, open(endpoint_log, "wb") as elog:
-        server = LocalServer(str(models_root), env=env, log=slog)
-        endpoint = LocalEndpoint(str(store), server.models_root, container_url=server.url, log=elog)
-        try:
-            start = time.perf_counter()
-            server.start()
-            print(f"  serve up on {server.url} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-            yield server, endpoint
-        except BaseException:
-            slog.flush()
-            elog.flush()
-            print(f"--- serve log (last lines) ---\n{tail(serve_log)}", file=sys.stderr)
-            print(f"--- endpoint log (last lines) ---\n{tail(endpoint_log)}", file=sys.stderr)
-            raise
-        finally:
-            endpoint.stop()
-            server.stop()
-
-
-def start_endpoint(endpoint: LocalEndpoint) -> None:
-    start = time.perf_counter()
-    endpoint.start()
-    print(f"  endpoint up on {endpoint.url} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
 
 
 def warm_serve(server: LocalServer, model_dir: Path, body: bytes, requests: int) -> dict[str, int]:
@@ -490,82 +429,51 @@ def measure_zipf(
     }
 
 
-def ms(value: float) -> str:
-    """Milliseconds as ``2.41 ms`` or ``1.23 s``."""
-    return f"{value:.2f} ms" if value < 1000 else f"{value / 1000:.2f} s"
-
-
-def row(label: str, s: dict[str, Any] | None) -> str:
-    if s is None:
-        return f"| {label} | 0 | | | | |"
-    return f"| {label} | {s['n']} | {ms(s['p50'])} | {ms(s['p99'])} | {ms(s['mean'])} | {ms(s['max'])} |"
-
-
 def markdown(result: dict[str, Any]) -> str:
     """The short human summary written next to the JSON."""
     hm, z, cfg, b = result["hit_miss"], result["zipf"], result["config"], result["budget"]
     r, over = hm["ratio"], hm["overhead_ms"]
-    lines = [
-        "# endpoint: cache hit vs. miss, and many models under Zipf(1.1) (`torch-mme endpoint` + `serve`)",
-        "",
-        *header_lines(result),
-        f"- model: scripted `nn.Linear({FEATURES}, {OUTPUTS})` packed once ({cfg['artifact_bytes']} bytes .tar.gz), "
-        f"copied to every target; JSON body of {cfg['body_bytes']} bytes; boto3 `invoke_endpoint(TargetModel=...)`, "
-        "no retries; hit or miss as the endpoint's `sagemaker_ModelCacheHit` metric says (read before and after "
-        "each request); each part on its own `serve` + `endpoint` (127.0.0.1)",
-        "",
-        f"## Hit vs. miss: {cfg['targets']} targets, each 1 miss then {cfg['hits']} hits per path",
-        "",
-        f"After a warm-up target (1 miss, then {cfg['warmup']} requests per path). A miss is the first request for "
-        "a target: download from the store + safe extract + LoadModel + invoke. Hits alternate request by request "
-        "between the three paths to the same loaded model.",
-        "",
-        "| request | n | p50 | p99 | mean | max |",
-        "|---|---:|---:|---:|---:|---:|",
-        row("miss, boto3 -> endpoint", hm["miss"]),
-        row("hit, boto3 -> endpoint", hm["hit_boto3"]),
-        row("hit, raw keep-alive HTTP -> endpoint", hm["hit_raw_http"]),
-        row("hit, keep-alive HTTP -> serve `/models/<name>/invoke` (direct)", hm["hit_direct"]),
-        "",
-        "| ratio | p50 | p99 |",
-        "|---|---:|---:|",
-        f"| **miss / hit** (boto3) | **{r['miss_over_hit_p50']:.0f}x** | {r['miss_over_hit_p99']:.0f}x |",
-        f"| **endpoint hit (boto3) / direct** | **{r['endpoint_over_direct_p50']:.2f}x** "
-        f"| {r['endpoint_over_direct_p99']:.2f}x |",
-        f"| endpoint hit (raw HTTP) / direct | {r['raw_endpoint_over_direct_p50']:.2f}x "
-        f"| {r['raw_endpoint_over_direct_p99']:.2f}x |",
-        "",
-        f"A miss's parts, mean: download {hm['miss']['download_ms_mean']:.1f} ms, LoadModel "
-        f"{hm['miss']['load_model_ms_mean']:.0f} ms (the request waited {hm['miss']['wait_ms_mean']:.0f} ms for "
-        f"its model in all). At p50 the endpoint adds {over['endpoint_raw_minus_direct_p50']:.2f} ms to a hit "
-        f"(its own hop: aiohttp in, routing, aiohttp out to serve), and boto3's client another "
-        f"{over['boto3_client_p50']:.2f} ms (signing, building and parsing the request).",
-        "",
+    latency_head = ["request", "n", "p50", "p99", "mean", "max"]
+    hit_miss = [
+        stats_row("miss, boto3 -> endpoint", hm["miss"], ms),
+        stats_row("hit, boto3 -> endpoint", hm["hit_boto3"], ms),
+        stats_row("hit, raw keep-alive HTTP -> endpoint", hm["hit_raw_http"], ms),
+        stats_row("hit, keep-alive HTTP -> serve `/models/<name>/invoke` (direct)", hm["hit_direct"], ms),
     ]
-    truncated = z["sent"] < cfg["requests"]
-    lines += [
-        f"## Many models: {cfg['models']} targets, {z['sent']} requests from Zipf({ZIPF_EXPONENT}), one client",
-        "",
-        f"- stream: p(rank r) ∝ 1/r^{ZIPF_EXPONENT} over ranks 1..{cfg['models']}, ranks mapped to models by a "
-        f"permutation, seed {cfg['zipf_seed']}; {z['distinct_models_requested']} distinct models requested",
+    ratios = [
+        ("**miss / hit** (boto3)", f"**{r['miss_over_hit_p50']:.0f}x**", f"{r['miss_over_hit_p99']:.0f}x"),
+        (
+            "**endpoint hit (boto3) / direct**",
+            f"**{r['endpoint_over_direct_p50']:.2f}x**",
+            f"{r['endpoint_over_direct_p99']:.2f}x",
+        ),
+        (
+            "endpoint hit (raw HTTP) / direct",
+            f"{r['raw_endpoint_over_direct_p50']:.2f}x",
+            f"{r['raw_endpoint_over_direct_p99']:.2f}x",
+        ),
     ]
-    if truncated:
+    stream = [
+        f"stream: p(rank r) ∝ 1/r^{ZIPF_EXPONENT} over ranks 1..{cfg['models']}, ranks mapped to models by a "
+        f"permutation, seed {cfg['zipf_seed']}; {z['distinct_models_requested']} distinct models requested"
+    ]
+    if z["sent"] < cfg["requests"]:
         p = result["zipf_plan"]
-        lines.append(
-            f"- **reduced from {cfg['requests']} to {z['sent']} requests** to stay within the time budget: the full "
+        stream.append(
+            f"**reduced from {cfg['requests']} to {z['sent']} requests** to stay within the time budget: the full "
             f"stream would be {p['full_stream_misses_ideal']} misses at about {p['miss_cost_s']:.2f} s each "
             f"(~{p['full_stream_projected_s'] / 60:.1f} min); the first {p['planned']} requests were projected "
             f"at {p['planned_projected_s']:.0f} s (budget {cfg['zipf_budget_s']:.0f} s)"
             + ("; the stream then hit its hard deadline and stopped early" if z["stopped_early_at_deadline"] else "")
         )
-    lines += [
-        f"- memory budget on serve: **{b['budget_mb']} MB** = serve's own processes {b['base_uss_mb']:.1f} MB "
+    stream += [
+        f"memory budget on serve: **{b['budget_mb']} MB** = serve's own processes {b['base_uss_mb']:.1f} MB "
         f"+ ({cfg['capacity']} + {b['slack_models']}) x {b['per_model_estimate_mb']:.2f} MB (admission's per-model "
         "estimate: overhead "
         f"{b['model_overhead_mb']} MB + weights; accounted at the larger of it and the model's USS, "
         f"{b['model_uss_mb']:.1f} MB here; the extra half keeps the count from flipping as serve's own USS grows "
         f"a little with each load) + headroom {b['headroom_mb']} MB, rounded up; 1 MB = 2^20 bytes",
-        f"- serve's own processes are measured USS of all but the model's with one model loaded, as admission "
+        f"serve's own processes are measured USS of all but the model's with one model loaded, as admission "
         f"counts them: the whole tree with no model is {b['tree_uss_no_model_mb']:.1f} MB"
         + (
             ", more because the fork template's pages are its own (USS) until a model's processes share them; "
@@ -574,40 +482,71 @@ def markdown(result: dict[str, Any]) -> str:
             else ""
         )
         + f"; the serve tree was {z['tree_uss_at_end'] / MB:.0f} MB at the end",
-        "",
-        "| figure | value |",
-        "|---|---:|",
-        f"| errors | **{len(z['errors'])}** |",
-        f"| max LoadedModelCount observed | **{z['max_loaded']}** (at the end {z['loaded_at_end']:g}) |",
-        f"| requests after the first time full that left fewer loaded (counts seen: "
-        f"{', '.join(str(n) for n in z['loaded_after_fill'])}) | {z['requests_below_max_after_fill']} |",
-        f"| **hit ratio, observed** | **{z['hit_ratio']:.3f}** ({z['hits']} hits, {z['misses']} misses) |",
-        f"| **hit ratio, ideal LRU of capacity {z['ideal_lru_capacity']}** | **{z['ideal_lru_hit_ratio']:.3f}** |",
-        f"| hit ratio, ideal LRU of capacity {max(z['ideal_lru_capacity'] - 1, 1)} "
-        f"| {z['ideal_lru_capacity_minus_1_hit_ratio']:.3f} |",
-        f"| requests where the endpoint and the ideal LRU disagree | {z['disagreements_with_ideal_lru']} |",
-        f"| misses: first time (download + extract) / reloaded from the disk cache "
-        f"| {z['misses_first_time']} / {z['misses_reloaded_from_disk']} |",
-        f"| evictions (`sagemaker_ModelEvictions_total`) | {z['evictions']:g} |",
-        f"| LoadModel / UnloadModel, mean (endpoint metrics) | {z['load_model_ms_mean']:.0f} ms / "
-        f"{z['unload_model_ms_mean']:.0f} ms |",
-        f"| wall time of the stream | {z['stream_wall_s']:.0f} s |",
-        "",
-        "| latency | n | p50 | p99 | mean | max |",
-        "|---|---:|---:|---:|---:|---:|",
-        row("hit", z["latency_hit"]),
-        row("hit, the request before it a hit too", z["latency_hit_after_hit"]),
-        row("miss (all)", z["latency_miss"]),
-        row("miss, first time (download + extract + LoadModel)", z["latency_miss_first_time"]),
-        row("miss, reloaded (evict + LoadModel)", z["latency_miss_reload"]),
-        "",
     ]
-    if z["errors"]:
-        lines += ["Errors:", ""]
-        lines += [f"- request {e['request']} `{e['target']}`: {e['status']} {e['error']}" for e in z["errors"]]
-        lines.append("")
-    lines += [f"Whole run: {result['wall_s']:.0f} s.", ""]
-    return "\n".join(lines)
+    figures = [
+        ("errors", f"**{len(z['errors'])}**"),
+        ("max LoadedModelCount observed", f"**{z['max_loaded']}** (at the end {z['loaded_at_end']:g})"),
+        (
+            "requests after the first time full that left fewer loaded (counts seen: "
+            f"{', '.join(str(n) for n in z['loaded_after_fill'])})",
+            z["requests_below_max_after_fill"],
+        ),
+        ("**hit ratio, observed**", f"**{z['hit_ratio']:.3f}** ({z['hits']} hits, {z['misses']} misses)"),
+        (f"**hit ratio, ideal LRU of capacity {z['ideal_lru_capacity']}**", f"**{z['ideal_lru_hit_ratio']:.3f}**"),
+        (
+            f"hit ratio, ideal LRU of capacity {max(z['ideal_lru_capacity'] - 1, 1)}",
+            f"{z['ideal_lru_capacity_minus_1_hit_ratio']:.3f}",
+        ),
+        ("requests where the endpoint and the ideal LRU disagree", z["disagreements_with_ideal_lru"]),
+        (
+            "misses: first time (download + extract) / reloaded from the disk cache",
+            f"{z['misses_first_time']} / {z['misses_reloaded_from_disk']}",
+        ),
+        ("evictions (`sagemaker_ModelEvictions_total`)", f"{z['evictions']:g}"),
+        (
+            "LoadModel / UnloadModel, mean (endpoint metrics)",
+            f"{z['load_model_ms_mean']:.0f} ms / {z['unload_model_ms_mean']:.0f} ms",
+        ),
+        ("wall time of the stream", f"{z['stream_wall_s']:.0f} s"),
+    ]
+    zipf_latency = [
+        stats_row("hit", z["latency_hit"], ms),
+        stats_row("hit, the request before it a hit too", z["latency_hit_after_hit"], ms),
+        stats_row("miss (all)", z["latency_miss"], ms),
+        stats_row("miss, first time (download + extract + LoadModel)", z["latency_miss_first_time"], ms),
+        stats_row("miss, reloaded (evict + LoadModel)", z["latency_miss_reload"], ms),
+    ]
+    errors = [f"request {e['request']} `{e['target']}`: {e['status']} {e['error']}" for e in z["errors"]]
+    return document(
+        "endpoint: cache hit vs. miss, and many models under Zipf(1.1) (`torch-mme endpoint` + `serve`)",
+        result,
+        f"## Hit vs. miss: {cfg['targets']} targets, each 1 miss then {cfg['hits']} hits per path",
+        f"After a warm-up target (1 miss, then {cfg['warmup']} requests per path). A miss is the first request for "
+        "a target: download from the store + safe extract + LoadModel + invoke. Hits alternate request by request "
+        "between the three paths to the same loaded model.",
+        table(latency_head, hit_miss),
+        table(["ratio", "p50", "p99"], ratios),
+        f"A miss's parts, mean: download {hm['miss']['download_ms_mean']:.1f} ms, LoadModel "
+        f"{hm['miss']['load_model_ms_mean']:.0f} ms (the request waited {hm['miss']['wait_ms_mean']:.0f} ms for "
+        f"its model in all). At p50 the endpoint adds {over['endpoint_raw_minus_direct_p50']:.2f} ms to a hit "
+        f"(its own hop: aiohttp in, routing, aiohttp out to serve), and boto3's client another "
+        f"{over['boto3_client_p50']:.2f} ms (signing, building and parsing the request).",
+        [
+            f"## Many models: {cfg['models']} targets, {z['sent']} requests from Zipf({ZIPF_EXPONENT}), one client",
+            "",
+            *bullets(stream),
+        ],
+        table(["figure", "value"], figures),
+        table(["latency", "n", "p50", "p99", "mean", "max"], zipf_latency),
+        ["Errors:", "", *bullets(errors)] if errors else [],
+        f"Whole run: {result['wall_s']:.0f} s.",
+        facts=[
+            f"model: scripted `nn.Linear({FEATURES}, {OUTPUTS})` packed once ({cfg['artifact_bytes']} bytes .tar.gz), "
+            f"copied to every target; JSON body of {cfg['body_bytes']} bytes; boto3 "
+            "`invoke_endpoint(TargetModel=...)`, no retries; hit or miss as the endpoint's `sagemaker_ModelCacheHit` "
+            "metric says (read before and after each request); each part on its own `serve` + `endpoint` (127.0.0.1)"
+        ],
+    )
 
 
 def run(quick: bool = False, out_dir: str = "bench/results") -> dict[str, Any]:

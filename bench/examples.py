@@ -44,7 +44,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from bench.common import REPO_ROOT, finish, header_lines, new_result, summarize, tail, write_results
+from bench.common import REPO_ROOT, finish, new_result, summarize, tail, write_results
+from bench.report import document, table, us
 from torch_mme.tools import examples
 from torch_mme.tools.local_server import LocalServer
 
@@ -405,7 +406,7 @@ def measure(result: dict[str, Any], sizes: Sizes, tmp: Path) -> None:
 
 def fmt_ms(value: float) -> str:
     """Milliseconds as ``830 µs`` or ``12.41 ms``."""
-    return f"{value * 1000:.0f} µs" if value < 1 else f"{value:.2f} ms"
+    return us(value * 1000)
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -413,83 +414,88 @@ def markdown(result: dict[str, Any]) -> str:
     models = {name: m for name, m in result["models"].items() if "serve" in m}
     start, end = result["machine"].get("loadavg_start"), result["machine"].get("loadavg_end")
     load = f"{start[0]:.1f} -> {end[0]:.1f} on {result['machine']['cpu_count']} CPUs" if start and end else "unknown"
-    lines = [
-        "# example models: `torch-mme serve` vs. in-process, and LoadModel with a cold and a warm deps folder",
-        "",
-        *header_lines(result),
-        f"- models: the four of `torch_mme.tools.examples`, built in {result['build_s']:.1f} s; one `torch-mme serve` "
-        f"(1 worker per model, `--timeout {LOAD_TIMEOUT_S}`), `TORCH_MME_DEPS_DIR` a fresh empty folder",
-        f"- serve: one keep-alive `http.client` connection per model to `/models/<name>/invoke`, the model's own "
-        f"sample body and Content-Type, Accept as given; {sizes['requests']} requests after {sizes['warmup']} "
-        f"warm-up ({sizes['text_requests']} after {sizes['text_warmup']} for the text model), after "
-        f"{sizes['jvm_warmup']} JVM warm-up requests to the first model",
-        "- in-process: `handler.model.load` (the model's `code/inference.py` hooks, as the worker runs them), then "
-        "`decode -> predict -> encode` per call, in a child Python with **`OMP_NUM_THREADS=1`** (as the server's "
-        "model processes) that activates the deps folder the server installed (`handler.requirements.prepare`); "
-        f"in-process and serve chunks alternate ({sizes['rounds']} serve chunks between {sizes['rounds'] + 1} "
-        "in-process ones); both answers pass the example's check",
-        "",
-        "| model | Content-Type | body | in-process p50 | p99 | serve p50 | p99 | serve / in-process p50 | p99 |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    latency = [
+        [
+            name,
+            f"`{m['content_type']}`",
+            f"{m['body_bytes']} B",
+            *(fmt_ms(m[side][q]) for side in ("in_process", "serve") for q in ("p50", "p99")),
+            f"**{m['ratio']['p50']:.2f}x**",
+            f"{m['ratio']['p99']:.2f}x",
+        ]
+        for name, m in models.items()
     ]
-    for name, m in models.items():
-        inp, srv, ratio = m["in_process"], m["serve"], m["ratio"]
-        lines.append(
-            f"| {name} | `{m['content_type']}` | {m['body_bytes']} B | {fmt_ms(inp['p50'])} | {fmt_ms(inp['p99'])} "
-            f"| {fmt_ms(srv['p50'])} | {fmt_ms(srv['p99'])} | **{ratio['p50']:.2f}x** | {ratio['p99']:.2f}x |"
+    loads = [_load_row(name, m) for name, m in result["models"].items() if "load_cold_s" in m]
+    text = result["models"].get(examples.EMBEDDINGS_NAME, {})
+    text_note = ""
+    if "pip" in text:
+        pip = text["pip"]
+        text_note = (
+            f"The text model's cold load installed {', '.join(pip.get('installed', [])) or '?'} into its folder "
+            f"({pip.get('folder_mib', 0):.0f} MiB) from pip's configured indexes ({pip.get('indexes') or '?'}); "
+            "the in-process child found that "
+            f"folder complete (pip ran there: {text['child']['pip_ran']}) and imported transformers "
+            f"{text['child']['transformers']} from it."
         )
-    lines += [
-        "",
+    return document(
+        "example models: `torch-mme serve` vs. in-process, and LoadModel with a cold and a warm deps folder",
+        result,
+        table(
+            ["model", "Content-Type", "body", "in-process p50", "p99", "serve p50", "p99"]
+            + ["serve / in-process p50", "p99"],
+            latency,
+            "llrrrrrrr",
+        ),
         "Per-chunk p50 ratios (each serve chunk vs. the in-process chunks on either side): "
         + "; ".join(f"{n} " + ", ".join(f"{r:.2f}x" for r in m["ratio"]["per_round_p50"]) for n, m in models.items())
         + ". In-process children ran with torch threads = "
         + ", ".join(sorted({str(m["child"]["torch_threads"]) for m in models.values()}))
         + f". The machine is shared (load average {load}): p99 is noise-dominated, p50 is what to compare.",
-        "",
         "## LoadModel (POST /models until 200)",
-        "",
-        "| model | installs at load | cold deps folder | warm (same folder, after DELETE) | pip on the warm load "
-        "| in-process `handler.model.load` |",
-        "|---|---|---:|---:|---|---:|",
-    ]
-    for name, m in result["models"].items():
-        if "load_cold_s" not in m:
-            continue
-        facts = m["server_log"]
-        pip = m.get("pip")
-        if pip is None:
-            installs, warm_pip = "nothing (no requirements.txt)", "-"
-        else:
-            fetched = (f"; pip {facts['pip_s'][0]:.1f} s" if facts["pip_s"] else "") + (
-                f", {pip.get('downloaded', 0)} files downloaded, {pip.get('local_files', 0)} from local wheel "
-                f"folders, {pip.get('from_pip_cache', 0)} from pip's cache"
-            )
-            installs = (m["installs"] or "requirements satisfied by the base environment") + fetched
-            warm_pip = (
-                f'no: log says "satisfied by" ({facts["satisfied_by"]}x), pip ran {facts["installs"]}x in all'
-                if m["warm_load_without_pip"]
-                else f"**yes** (pip ran {facts['installs']}x)"
-            )
-        child = m.get("child", {})
-        inproc = f"{child['load_s']:.2f} s" if "load_s" in child else "-"
-        lines.append(
-            f"| {name} | {installs} | {m['load_cold_s']:.2f} s | {m['load_warm_s']:.2f} s | {warm_pip} | {inproc} |"
+        table(
+            ["model", "installs at load", "cold deps folder", "warm (same folder, after DELETE)"]
+            + ["pip on the warm load", "in-process `handler.model.load`"],
+            loads,
+            "llrrlr",
+        ),
+        text_note,
+        *(f"**{name} skipped**: {why}" for name, why in result["skipped"].items()),
+        facts=[
+            f"models: the four of `torch_mme.tools.examples`, built in {result['build_s']:.1f} s; one `torch-mme "
+            f"serve` (1 worker per model, `--timeout {LOAD_TIMEOUT_S}`), `TORCH_MME_DEPS_DIR` a fresh empty folder",
+            f"serve: one keep-alive `http.client` connection per model to `/models/<name>/invoke`, the model's own "
+            f"sample body and Content-Type, Accept as given; {sizes['requests']} requests after {sizes['warmup']} "
+            f"warm-up ({sizes['text_requests']} after {sizes['text_warmup']} for the text model), after "
+            f"{sizes['jvm_warmup']} JVM warm-up requests to the first model",
+            "in-process: `handler.model.load` (the model's `code/inference.py` hooks, as the worker runs them), then "
+            "`decode -> predict -> encode` per call, in a child Python with **`OMP_NUM_THREADS=1`** (as the server's "
+            "model processes) that activates the deps folder the server installed (`handler.requirements.prepare`); "
+            f"in-process and serve chunks alternate ({sizes['rounds']} serve chunks between {sizes['rounds'] + 1} "
+            "in-process ones); both answers pass the example's check",
+        ],
+    )
+
+
+def _load_row(name: str, m: dict[str, Any]) -> list[str]:
+    """One model's LoadModel row: what its load installed, cold and warm times, whether pip ran warm."""
+    facts = m["server_log"]
+    pip = m.get("pip")
+    if pip is None:
+        installs, warm_pip = "nothing (no requirements.txt)", "-"
+    else:
+        fetched = (f"; pip {facts['pip_s'][0]:.1f} s" if facts["pip_s"] else "") + (
+            f", {pip.get('downloaded', 0)} files downloaded, {pip.get('local_files', 0)} from local wheel "
+            f"folders, {pip.get('from_pip_cache', 0)} from pip's cache"
         )
-    text = result["models"].get(examples.EMBEDDINGS_NAME, {})
-    if "pip" in text:
-        pip = text["pip"]
-        lines += [
-            "",
-            f"The text model's cold load installed {', '.join(pip.get('installed', [])) or '?'} into its folder "
-            f"({pip.get('folder_mib', 0):.0f} MiB) from pip's configured indexes ({pip.get('indexes') or '?'}); "
-            "the in-process child found that "
-            f"folder complete (pip ran there: {text['child']['pip_ran']}) and imported transformers "
-            f"{text['child']['transformers']} from it.",
-        ]
-    for name, why in result["skipped"].items():
-        lines += ["", f"**{name} skipped**: {why}"]
-    lines.append("")
-    return "\n".join(lines)
+        installs = (m["installs"] or "requirements satisfied by the base environment") + fetched
+        warm_pip = (
+            f'no: log says "satisfied by" ({facts["satisfied_by"]}x), pip ran {facts["installs"]}x in all'
+            if m["warm_load_without_pip"]
+            else f"**yes** (pip ran {facts['installs']}x)"
+        )
+    child = m.get("child", {})
+    inproc = f"{child['load_s']:.2f} s" if "load_s" in child else "-"
+    return [name, installs, f"{m['load_cold_s']:.2f} s", f"{m['load_warm_s']:.2f} s", warm_pip, inproc]
 
 
 def run(quick: bool = False, out_dir: str = "bench/results") -> dict[str, Any]:

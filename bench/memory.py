@@ -43,7 +43,6 @@ from bench.common import (
     JSON_TYPE,
     OUTPUTS,
     finish,
-    header_lines,
     new_result,
     request_body,
     summarize,
@@ -51,6 +50,7 @@ from bench.common import (
     write_model,
     write_results,
 )
+from bench.report import document, table
 from torch_mme.runtime import processes
 from torch_mme.tools.local_server import LocalServer
 
@@ -293,90 +293,102 @@ def markdown(result: dict[str, Any]) -> str:
     per, cyc = result["per_model"], result["cycles"]
     base, first, final = per["baseline"], cyc["baseline"], cyc["final"]
     n_cycles = result["config"]["cycles"]
-    lines = [
-        "# memory: USS per loaded model and over load/unload cycles (`torch-mme serve`)",
-        "",
-        *header_lines(result),
-        f"- model: scripted `nn.Linear({FEATURES}, {OUTPUTS})`, each invoked once after its LoadModel; memory is "
-        "USS summed over the process tree of `serve` (aiohttp front, MMS's Java, per model an MMS server process "
-        f"and 1 worker), measured {result['config']['settle_s']} s after the last request; 1 MiB = 2^20 bytes",
-        "",
-        f"## USS per additional loaded model (1 to {len(per['steps'])})",
-        "",
-        "| models loaded | tree USS | increment | new model's MMS server | new model's worker | Java change "
-        "| front change | LoadModel |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
-        f"| 0 (after a warm-up load + unload) | {mib(base['tree_uss'])} | | | | | | |",
+    steps = [["0 (after a warm-up load + unload)", mib(base["tree_uss"]), "", "", "", "", "", ""]]
+    steps += [
+        [
+            s["models"],
+            mib(s["tree_uss"]),
+            signed_mib(s["increment"]),
+            mib(s["server_uss"]),
+            mib(s["worker_uss"]),
+            signed_mib(s["java_delta"]),
+            signed_mib(s["front_delta"]),
+            f"{s['load_ms']:.0f} ms",
+        ]
+        for s in per["steps"]
     ]
-    for s in per["steps"]:
-        lines.append(
-            f"| {s['models']} | {mib(s['tree_uss'])} | {signed_mib(s['increment'])} | {mib(s['server_uss'])} "
-            f"| {mib(s['worker_uss'])} | {signed_mib(s['java_delta'])} | {signed_mib(s['front_delta'])} "
-            f"| {s['load_ms']:.0f} ms |"
+    head = ["models loaded", "tree USS", "increment", "new model's MMS server", "new model's worker"]
+    head += ["Java change", "front change", "LoadModel"]
+    summary = [
+        (
+            f"server baseline, 0 models (front {mib(base['front_uss'])}, Java {mib(base['java_uss'])})",
+            mib(base["tree_uss"]),
+        ),
+        ("**increment per additional model (2nd on), mean**", f"**{mib(per['increment_mean'])}**"),
+        ("increment per additional model (2nd on), median", mib(per["increment_median"])),
+        (
+            "one model's own USS, median: MMS server + worker",
+            f"{per['model_server_uss_median'] / MIB:.1f} + {per['model_worker_uss_median'] / MIB:.1f} "
+            f"= {mib(per['model_uss_median'])}",
+        ),
+        (
+            "Java / front change per model, mean",
+            f"{signed_mib(per['java_delta_mean'])} / {signed_mib(per['front_delta_mean'])} MiB",
+        ),
+    ]
+    if per["first_model_reported_uss"] is not None:
+        summary.append(
+            (
+                f"`GET /models/{MODEL_PREFIX}-1` measuredUssBytes (its own processes)",
+                mib(per["first_model_reported_uss"]),
+            )
         )
-    reported = per["first_model_reported_uss"]
-    lines += [
-        "",
-        "| summary | value |",
-        "|---|---:|",
-        f"| server baseline, 0 models (front {mib(base['front_uss'])}, Java {mib(base['java_uss'])}) "
-        f"| {mib(base['tree_uss'])} |",
-        f"| **increment per additional model (2nd on), mean** | **{mib(per['increment_mean'])}** |",
-        f"| increment per additional model (2nd on), median | {mib(per['increment_median'])} |",
-        f"| one model's own USS, median: MMS server + worker | {per['model_server_uss_median'] / MIB:.1f} + "
-        f"{per['model_worker_uss_median'] / MIB:.1f} = {mib(per['model_uss_median'])} |",
-        f"| Java / front change per model, mean | {signed_mib(per['java_delta_mean'])} / "
-        f"{signed_mib(per['front_delta_mean'])} MiB |",
+    changes = [
+        [
+            "tree USS",
+            mib(first["tree_uss"]),
+            mib(final["tree_uss"]),
+            f"{cyc['drift'] * 100:+.2f}%",
+            f"<= +{cyc['drift_goal'] * 100:.0f}%",
+            verdict(cyc["drift_pass"]),
+        ]
     ]
-    if reported is not None:
-        lines.append(f"| `GET /models/{MODEL_PREFIX}-1` measuredUssBytes (its own processes) | {mib(reported)} |")
-    lines += [
-        "",
-        f"## Load/unload cycles: {n_cycles} x (load 2 models, invoke both, DELETE both), fresh server",
-        "",
-        f"| after cycle | 2 (baseline) | {final['cycle']} | change | goal | result |",
-        "|---|---:|---:|---:|---|---|",
-        f"| tree USS | {mib(first['tree_uss'])} | {mib(final['tree_uss'])} | {cyc['drift'] * 100:+.2f}% "
-        f"| <= +{cyc['drift_goal'] * 100:.0f}% | {verdict(cyc['drift_pass'])} |",
-        f"| of which Java | {mib(first['java_uss'])} | {mib(final['java_uss'])} "
-        f"| {signed_mib(final['java_uss'] - first['java_uss'])} MiB | | |",
-        f"| of which front (`serve`) | {mib(first['front_uss'])} | {mib(final['front_uss'])} "
-        f"| {signed_mib(final['front_uss'] - first['front_uss'])} MiB | | |",
-        f"| processes in the tree (`serve` included) | {first['processes']} | {final['processes']} "
-        f"| {final['processes'] - first['processes']:+d} | no extra | {verdict(cyc['processes_pass'])} |",
-        f"| unix sockets in the tree | {first['unix_sockets']} | {final['unix_sockets']} "
-        f"| {final['unix_sockets'] - first['unix_sockets']:+d} | no extra | {verdict(cyc['unix_sockets_pass'])} |",
-    ]
-    gc = cyc["after_full_gc"]
+    for label, key in (("of which Java", "java_uss"), ("of which front (`serve`)", "front_uss")):
+        changes.append([label, mib(first[key]), mib(final[key]), f"{signed_mib(final[key] - first[key])} MiB", "", ""])
+    for label, key in (
+        ("processes in the tree (`serve` included)", "processes"),
+        ("unix sockets in the tree", "unix_sockets"),
+    ):
+        change = f"{final[key] - first[key]:+d}"
+        changes.append([label, first[key], final[key], change, "no extra", verdict(cyc[f"{key}_pass"])])
+    gc, diagnostic = cyc["after_full_gc"], ""
     if gc is not None:
         before, after = gc["java_heap_before"], gc["java_heap_after"]
-        lines += [
-            "",
+        diagnostic = (
             f"Diagnostic, after the figures above: a full GC of Java (`jcmd <pid> GC.run`) at the end brings the "
             f"tree to {mib(gc['tree_uss'])} ({(gc['tree_uss'] - first['tree_uss']) / first['tree_uss'] * 100:+.2f}% "
             f"vs. cycle 2) and Java to {mib(gc['java_uss'])}; Java heap used {before['used'] / MIB:.0f} -> "
             f"{after['used'] / MIB:.0f} MiB, committed {before['committed'] / MIB:.0f} -> "
             f"{after['committed'] / MIB:.0f} MiB. Growth that a GC gives back is garbage not yet collected, "
-            "not a leak.",
-        ]
-    lines += [
-        "",
+            "not a leak."
+        )
+    timings = [
+        (label, cyc[key]["n"], *(f"{cyc[key][k]:.0f} ms" for k in ("mean", "p50", "max")))
+        for label, key in (
+            ("LoadModel (POST /models until 200)", "load_model"),
+            ("DELETE /models/<name> (processes gone)", "unload_model"),
+            ("whole cycle (2 loads, 2 invokes, 2 DELETEs)", "cycle"),
+        )
+    ]
+    return document(
+        "memory: USS per loaded model and over load/unload cycles (`torch-mme serve`)",
+        result,
+        f"## USS per additional loaded model (1 to {len(per['steps'])})",
+        table(head, steps, "r" * len(head)),
+        table(["summary", "value"], summary),
+        f"## Load/unload cycles: {n_cycles} x (load 2 models, invoke both, DELETE both), fresh server",
+        table(["after cycle", "2 (baseline)", str(final["cycle"]), "change", "goal", "result"], changes, "lrrrll"),
+        diagnostic,
         "Tree USS by cycle (Java in brackets): "
         + ", ".join(f"{s['cycle']}: {s['tree_uss'] / MIB:.1f} ({s['java_uss'] / MIB:.1f})" for s in cyc["samples"])
         + " MiB.",
-        "",
-        "| timing | n | mean | p50 | max |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for label, key in (
-        ("LoadModel (POST /models until 200)", "load_model"),
-        ("DELETE /models/<name> (processes gone)", "unload_model"),
-        ("whole cycle (2 loads, 2 invokes, 2 DELETEs)", "cycle"),
-    ):
-        t = cyc[key]
-        lines.append(f"| {label} | {t['n']} | {t['mean']:.0f} ms | {t['p50']:.0f} ms | {t['max']:.0f} ms |")
-    lines.append("")
-    return "\n".join(lines)
+        table(["timing", "n", "mean", "p50", "max"], timings),
+        facts=[
+            f"model: scripted `nn.Linear({FEATURES}, {OUTPUTS})`, each invoked once after its LoadModel; memory is "
+            "USS summed over the process tree of `serve` (aiohttp front, MMS's Java, per model an MMS server process "
+            f"and 1 worker), measured {result['config']['settle_s']} s after the last request; 1 MiB = 2^20 bytes"
+        ],
+    )
 
 
 def with_server(

@@ -27,15 +27,16 @@ from bench.common import (
     JSON_TYPE,
     REPO_ROOT,
     finish,
-    header_lines,
     new_result,
     request_body,
+    rotation,
     summarize,
     write_model,
     write_results,
 )
 from bench.peers.client import raw_request, run_load
 from bench.peers.models import KINDS, write_compute_model
+from bench.report import document, table
 from torch_mme.tools.local_server import LocalServer
 
 CLIENTS = (1, 4, 16)
@@ -84,12 +85,6 @@ def time_load(server: LocalServer, name: str, model_dir: Path) -> float:
     assert status == 200, answer
     assert server.unload(name) == 200
     return took
-
-
-def rotation(keys: list[str], chunk: int) -> list[str]:
-    """``keys`` rotated by ``chunk``: each side goes first in turn."""
-    shift = chunk % len(keys) if keys else 0
-    return keys[shift:] + keys[:shift]
 
 
 def throughput(servers: dict[str, LocalServer], body: bytes, chunks: int, seconds: float) -> dict[str, Any]:
@@ -176,37 +171,53 @@ def run(quick: bool = False, out_dir: str = "bench/results", against: str = "HEA
 
 def _markdown(result: dict[str, Any]) -> str:
     tree, rev, ratios = result["tree"], result["rev"], result["ratios"]
-    lines = [
-        "# This tree against another revision",
-        "",
-        *header_lines(result),
-        f"Against: `{result['against']['revision']}` = {result['against']['commit'][:12]}, "
-        "measured side by side in alternating chunks (bench/revisions.py).",
-        "",
-        "| | this tree | revision | ratio |",
-        "|---|---|---|---|",
-        f"| invoke p50 (tiny model, keep-alive) | {tree['invoke_ms']['p50']:.3f} ms | "
-        f"{rev['invoke_ms']['p50']:.3f} ms | {ratios['invoke_p50']:.3f} |",
-        f"| invoke p99 | {tree['invoke_ms']['p99']:.3f} ms | {rev['invoke_ms']['p99']:.3f} ms | "
-        f"{tree['invoke_ms']['p99'] / rev['invoke_ms']['p99']:.3f} |",
-        f"| LoadModel p50 | {tree['load_s']['p50']:.3f} s | {rev['load_s']['p50']:.3f} s | {ratios['load_p50']:.3f} |",
-        f"| samples | {tree['invoke_ms']['n']} invokes, {tree['load_s']['n']} loads | "
-        f"{rev['invoke_ms']['n']} invokes, {rev['load_s']['n']} loads | |",
-        "",
+    figures = [
+        [
+            "invoke p50 (tiny model, keep-alive)",
+            f"{tree['invoke_ms']['p50']:.3f} ms",
+            f"{rev['invoke_ms']['p50']:.3f} ms",
+            f"{ratios['invoke_p50']:.3f}",
+        ],
+        [
+            "invoke p99",
+            f"{tree['invoke_ms']['p99']:.3f} ms",
+            f"{rev['invoke_ms']['p99']:.3f} ms",
+            f"{tree['invoke_ms']['p99'] / rev['invoke_ms']['p99']:.3f}",
+        ],
+        [
+            "LoadModel p50",
+            f"{tree['load_s']['p50']:.3f} s",
+            f"{rev['load_s']['p50']:.3f} s",
+            f"{ratios['load_p50']:.3f}",
+        ],
+        [
+            "samples",
+            f"{tree['invoke_ms']['n']} invokes, {tree['load_s']['n']} loads",
+            f"{rev['invoke_ms']['n']} invokes, {rev['load_s']['n']} loads",
+            "",
+        ],
     ]
+    throughput: list[str] = []
     if "throughput" in result:
-        lines += [
+        rows = [
+            [kind, clients, f"{p['tree']['rps']:.1f}", f"{p['rev']['rps']:.1f}", f"{p['rps_ratio']:.3f}"]
+            + [f"{p['p50_ratio']:.3f}", f"{p['tree']['errors']} / {p['rev']['errors']}"]
+            for kind, points in result["throughput"].items()
+            for clients, p in points.items()
+        ]
+        throughput = [
             "Throughput at 1, 4 and 16 keep-alive clients (bench/peers' tiny and compute-bound models; "
             "asyncio raw-HTTP client), the two alternating chunk by chunk:",
             "",
-            "| model | clients | this tree req/s | revision req/s | ratio | p50 ratio | errors |",
-            "|---|---|---|---|---|---|---|",
+            *table(
+                ["model", "clients", "this tree req/s", "revision req/s", "ratio", "p50 ratio", "errors"], rows, "l" * 7
+            ),
         ]
-        for kind, points in result["throughput"].items():
-            for clients, p in points.items():
-                lines.append(
-                    f"| {kind} | {clients} | {p['tree']['rps']:.1f} | {p['rev']['rps']:.1f} | {p['rps_ratio']:.3f} | "
-                    f"{p['p50_ratio']:.3f} | {p['tree']['errors']} / {p['rev']['errors']} |"
-                )
-        lines.append("")
-    return "\n".join(lines)
+    return document(
+        "This tree against another revision",
+        result,
+        f"Against: `{result['against']['revision']}` = {result['against']['commit'][:12]}, "
+        "measured side by side in alternating chunks (bench/revisions.py).",
+        table(["", "this tree", "revision", "ratio"], figures, "llll"),
+        throughput,
+    )

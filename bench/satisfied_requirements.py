@@ -17,13 +17,13 @@ from typing import Any
 from bench.common import (
     JSON_TYPE,
     finish,
-    header_lines,
     new_result,
     request_body,
     summarize,
     write_model,
     write_results,
 )
+from bench.report import document, goals_table, table
 from torch_mme.tools.local_server import LocalServer
 
 FORMS = {
@@ -78,26 +78,24 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict[str, Any]:
         "satisfied requirements: LoadModel p50 < 0.3 s": satisfied < 0.3,
         "satisfied requirements: no pip (no dependency folder)": len(deps) == loads,  # only the 'pip' form's
     }
-    lines = ["# LoadModel of a model whose code/requirements.txt the image already satisfies", ""]
-    lines += header_lines(result)
-    lines += [
-        f"- model: scripted `nn.Linear(16, 4)` through `torch-mme serve` (template on); {loads} LoadModels per "
-        "form, each a new name, interleaved; TORCH_MME_PIP_INDEX=off",
-        "",
-        "| form | LoadModel p50 | p90 | max |",
-        "|---|---:|---:|---:|",
-    ]
-    for form, label in FORMS.items():
-        s = result["load_s"][form]
-        lines.append(f"| {label} | {s['p50']:.3f} s | {s['p90']:.3f} s | {s['max']:.3f} s |")
-    lines += [
-        "",
-        f"- dependency folders created: {len(deps)} (all by the 'pip' form: the satisfied form calls no pip)",
-        "",
-        "| goal | result |",
-        "|---|---|",
-    ]
-    lines += [f"| {goal} | {'PASS' if ok else 'FAIL'} |" for goal, ok in result["goals"].items()]
-    lines.append("")
-    write_results(result, "\n".join(lines) + "\n", Path(out_dir))
+    write_results(result, markdown(result), Path(out_dir))
     return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    loads = result["load_s"]["pip"]["n"]
+    rows = [
+        (label, *(f"{result['load_s'][form][k]:.3f} s" for k in ("p50", "p90", "max"))) for form, label in FORMS.items()
+    ]
+    folders = result["dependency_folders"]
+    return document(
+        "LoadModel of a model whose code/requirements.txt the image already satisfies",
+        result,
+        table(["form", "LoadModel p50", "p90", "max"], rows),
+        [f"- dependency folders created: {folders} (all by the 'pip' form: the satisfied form calls no pip)"],
+        goals_table(result["goals"]),
+        facts=[
+            f"model: scripted `nn.Linear(16, 4)` through `torch-mme serve` (template on); {loads} LoadModels per "
+            "form, each a new name, interleaved; TORCH_MME_PIP_INDEX=off"
+        ],
+    )

@@ -37,14 +37,14 @@ import torch
 from bench.common import (
     FEATURES,
     JSON_TYPE,
-    KeepAliveClient,
     finish,
-    header_lines,
     new_result,
     request_body,
     summarize,
     tail,
 )
+from bench.report import bullets, document, header_lines, table
+from tests.support.http import KeepAliveClient
 from torch_mme.runtime import processes
 from torch_mme.tools.local_server import LocalServer
 
@@ -330,42 +330,44 @@ why 1,000 did not fit beside other work while keeping 6 GiB free.
 
 
 def markdown(runs: dict[str, dict[str, Any]]) -> str:
-    lines = ["# scale: many resident models behind one serve", ""]
-    lines += [
+    sections = []
+    for label, result in runs.items():
+        stages = result["stages"]
+        stop = f"; **{result['stopped']}**" if result.get("stopped") else ""
+        rows = []
+        for title, value, unit in ROWS:
+            cells = [value(s) for s in stages]
+            rows.append([title, *(f"{v:.2f} {unit}".strip() if isinstance(v, float) else str(v) for v in cells)])
+        section = [
+            f"## {label}",
+            "",
+            *header_lines(result),
+            f"- most models resident: {result['resident_max']}; every answer correct: {result['answered_all']}; "
+            f"processes left after stop: {len(result['leftover_processes'])}{stop}",
+            "",
+            *table(["measure", *(f"{s['resident']} resident" for s in stages)], rows),
+        ]
+        if len(stages) >= 2:
+            first, last = stages[0], stages[-1]
+            ratio = f"{last['resident']} vs {first['resident']} resident (p50 ratio; goal <= 1.25)"
+            flat = [
+                f"{title}: {last[key]['p50'] / first[key]['p50']:.2f}x"
+                for title, key in (("LoadModel", "load_s"), ("UnloadModel", "unload_s"), ("GetModel", "get_ms"))
+            ]
+            flat.append(f"invoke: {last['invoke_ms']['p50'] / first['invoke_ms']['p50']:.2f}x")
+            section += ["", f"Flatness, {ratio}:", "", *bullets(flat)]
+        sections.append(section)
+    return document(
+        "scale: many resident models behind one serve",
+        None,
         "Tiny scripted `nn.Linear(16, 4)` models loaded one after another, each invoked once (answer checked). "
         f"At each stage: {PROBES} probes (LoadModel of one more model, its first invoke, 5 warm invokes, "
         f"GetModel, UnloadModel), {WARM_INVOKES} warm invokes of random resident models, tree USS of `serve`, "
         f"ListModels followed page by page ({PAGE_LIMIT} a page). MB = 10^6 bytes. `python -m bench --only scale "
         "--label before|after [--stages 10,100,400,1000]`.",
-        "",
-    ]
-    for label, result in runs.items():
-        lines += [f"## {label}", ""]
-        lines += header_lines(result)
-        stages = result["stages"]
-        stop = f"; **{result['stopped']}**" if result.get("stopped") else ""
-        lines += [
-            f"- most models resident: {result['resident_max']}; every answer correct: {result['answered_all']}; "
-            f"processes left after stop: {len(result['leftover_processes'])}{stop}",
-            "",
-            "| measure | " + " | ".join(f"{s['resident']} resident" for s in stages) + " |",
-            "|---|" + "---:|" * len(stages),
-        ]
-        for title, value, unit in ROWS:
-            cells = []
-            for s in stages:
-                v = value(s)
-                cells.append(f"{v:.2f} {unit}".strip() if isinstance(v, float) else str(v))
-            lines.append(f"| {title} | " + " | ".join(cells) + " |")
-        if len(stages) >= 2:
-            first, last = stages[0], stages[-1]
-            ratio = f"{last['resident']} vs {first['resident']} resident (p50 ratio; goal <= 1.25)"
-            lines += ["", f"Flatness, {ratio}:", ""]
-            for title, key in (("LoadModel", "load_s"), ("UnloadModel", "unload_s"), ("GetModel", "get_ms")):
-                lines.append(f"- {title}: {last[key]['p50'] / first[key]['p50']:.2f}x")
-            lines.append(f"- invoke: {last['invoke_ms']['p50'] / first['invoke_ms']['p50']:.2f}x")
-        lines.append("")
-    return "\n".join(lines) + "\n" + DENSITY_NOTES
+        *sections,
+        DENSITY_NOTES.strip("\n"),
+    )
 
 
 def plot(runs: dict[str, dict[str, Any]], path: Path) -> None:

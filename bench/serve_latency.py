@@ -40,7 +40,6 @@ from bench.common import (
     JSON_TYPE,
     OUTPUTS,
     finish,
-    header_lines,
     new_result,
     request_body,
     summarize,
@@ -49,6 +48,7 @@ from bench.common import (
     write_model,
     write_results,
 )
+from bench.report import document, table, us
 from handler import model as handler_model
 from torch_mme.tools.local_server import LocalServer
 
@@ -207,43 +207,52 @@ def measure_inproc_loads(models_root: Path, count: int) -> dict[str, Any]:
     return summarize(samples, 1e3, "ms")
 
 
-def fmt_us(value: float) -> str:
-    """Microseconds as ``83 µs`` or ``2.41 ms``."""
-    return f"{value:.0f} µs" if value < 1000 else f"{value / 1000:.2f} ms"
-
-
 def markdown(result: dict[str, Any]) -> str:
     """The short human summary written next to the JSON."""
     ratio = result["ratio"]
     inp, srv, load, inload = result["in_process"], result["serve"], result["load_model"], result["in_process_load"]
     rounds = ", ".join(f"{r:.1f}x" for r in ratio["per_round_p50"])
-    lines = [
-        "# serve latency: in-process vs. `torch-mme serve`",
-        "",
-        *header_lines(result),
-        f"- model: scripted `nn.Linear({FEATURES}, {OUTPUTS})`, JSON in/out, body {result['config']['body_bytes']} "
-        f"bytes; serve over {srv['connections_opened']} keep-alive connection(s), 1 worker",
-        "",
-        "| measurement | n | p50 | p99 | mean | max |",
-        "|---|---:|---:|---:|---:|---:|",
-        f"| in-process decode -> forward -> encode | {inp['n']} | {fmt_us(inp['p50'])} | {fmt_us(inp['p99'])} "
-        f"| {fmt_us(inp['mean'])} | {fmt_us(inp['max'])} |",
-        f"| through serve (POST /models/<name>/invoke) | {srv['n']} | {fmt_us(srv['p50'])} | {fmt_us(srv['p99'])} "
-        f"| {fmt_us(srv['mean'])} | {fmt_us(srv['max'])} |",
-        f"| **ratio serve / in-process** | | **{ratio['p50']:.1f}x** | {ratio['p99']:.1f}x | {ratio['mean']:.1f}x | |",
-        f"| LoadModel (POST /models until 200) | {load['n']} | {load['p50']:.0f} ms | | {load['mean']:.0f} ms "
-        f"| {load['max']:.0f} ms |",
-        f"| in-process `handler.model.load` (same dirs) | {inload['n']} | {inload['p50']:.1f} ms | "
-        f"| {inload['mean']:.1f} ms | {inload['max']:.1f} ms |",
-        "",
-        f"Per-round p50 ratios (each serve chunk vs. the in-process chunks around it): {rounds}.",
-        "",
-        f"The ratio means a request through serve costs about {ratio['p50']:.0f}x the handler's own work for this "
-        f"tiny model: the ~{fmt_us(srv['p50'] - inp['p50'])} difference at p50 is fixed transport overhead "
-        "(HTTP front -> MMS -> worker and back), which matters less as the model's own compute grows.",
-        "",
+    rows = [
+        ["in-process decode -> forward -> encode", inp["n"], *(us(inp[k]) for k in ("p50", "p99", "mean", "max"))],
+        ["through serve (POST /models/<name>/invoke)", srv["n"], *(us(srv[k]) for k in ("p50", "p99", "mean", "max"))],
+        [
+            "**ratio serve / in-process**",
+            "",
+            f"**{ratio['p50']:.1f}x**",
+            f"{ratio['p99']:.1f}x",
+            f"{ratio['mean']:.1f}x",
+            "",
+        ],
+        [
+            "LoadModel (POST /models until 200)",
+            load["n"],
+            f"{load['p50']:.0f} ms",
+            "",
+            f"{load['mean']:.0f} ms",
+            f"{load['max']:.0f} ms",
+        ],
+        [
+            "in-process `handler.model.load` (same dirs)",
+            inload["n"],
+            f"{inload['p50']:.1f} ms",
+            "",
+            f"{inload['mean']:.1f} ms",
+            f"{inload['max']:.1f} ms",
+        ],
     ]
-    return "\n".join(lines)
+    return document(
+        "serve latency: in-process vs. `torch-mme serve`",
+        result,
+        table(["measurement", "n", "p50", "p99", "mean", "max"], rows),
+        f"Per-round p50 ratios (each serve chunk vs. the in-process chunks around it): {rounds}.",
+        f"The ratio means a request through serve costs about {ratio['p50']:.0f}x the handler's own work for this "
+        f"tiny model: the ~{us(srv['p50'] - inp['p50'])} difference at p50 is fixed transport overhead "
+        "(HTTP front -> MMS -> worker and back), which matters less as the model's own compute grows.",
+        facts=[
+            f"model: scripted `nn.Linear({FEATURES}, {OUTPUTS})`, JSON in/out, body {result['config']['body_bytes']} "
+            f"bytes; serve over {srv['connections_opened']} keep-alive connection(s), 1 worker"
+        ],
+    )
 
 
 def run(quick: bool = False, out_dir: str = "bench/results") -> dict[str, Any]:

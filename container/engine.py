@@ -10,7 +10,6 @@ folder mounted read-only at ``/opt/ml/models``, stopped and removed by its id.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -19,10 +18,11 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from torch_mme import settings
 from torch_mme.tools.local_server import LocalServer
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRATCH = Path(os.environ.get("TORCH_MME_CONTAINER_SCRATCH", "/var/tmp/torch-mme-container"))
+SCRATCH = Path(settings.container_scratch())
 WHEELHOUSE = SCRATCH / "wheelhouse"
 LOCAL_TORCH_WHEELS = Path("/opt/wheels")
 TORCH_VERSION = "2.13.0"
@@ -87,14 +87,14 @@ def find_engine() -> Engine:
     """Docker when its engine answers; else podman, set up by scripts/container-env.sh (installs, configures,
     builds the base images). Raises :class:`EngineUnavailable` with the reason."""
     if shutil.which("docker") and _answers(["docker", "info"]):
-        return Engine("docker", dict(os.environ))
+        return Engine("docker", settings.environment())
     done = subprocess.run(
         ["bash", str(ROOT / "scripts" / "container-env.sh")], capture_output=True, text=True, timeout=900, check=False
     )
     if done.returncode != 0:
         reason = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
         raise EngineUnavailable(reason[0])
-    env = dict(os.environ)
+    env = settings.environment()
     env.update(re.findall(r"^export (\w+)='([^']*)'$", done.stdout, flags=re.MULTILINE))
     return Engine("podman", env)
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import gc
-
 import torch
 
 from torch_mme.errors import OutOfMemory
-from torch_mme.memory import estimate_weights
+from torch_mme.memory import estimate
 
 MB = 2**20
-LOAD_FACTOR = 1.2
 
 
 def device_for(gpu_id: int | None) -> torch.device:
@@ -26,27 +23,19 @@ def device_for(gpu_id: int | None) -> torch.device:
     return device
 
 
-def admit(model_dir: str, device: torch.device, headroom_mb: int) -> None:
+def admit(model_dir: str, device: torch.device, headroom_mb: int, memory_mb: float | None = None) -> None:
     """On a GPU, refuse (507) a model whose weights would not fit in the device's free memory, before loading it.
 
     The host-memory admission happens in the front before the worker starts;
-    GPU memory is only known here, in the worker that owns the device.
+    GPU memory is only known here, in the worker that owns the device. ``memory_mb`` is what the model's
+    ``torch-mme.json`` declares; the process's own overhead is host memory, not counted here.
     """
     if device.type != "cuda":
         return
-    footprint = estimate_weights(model_dir)
-    needed = footprint.declared_bytes or int(footprint.weights_bytes * LOAD_FACTOR)
+    needed = estimate(model_dir, memory_mb).bytes
     free, _ = torch.cuda.mem_get_info(device)
     if needed > free - headroom_mb * MB:
         raise OutOfMemory(
             f"model needs about {needed / MB:.0f} MB of GPU memory and {device} has {free / MB:.0f} MB free "
             f"({headroom_mb} MB headroom)"
         )
-
-
-def release(device: torch.device | None) -> None:
-    """Give memory back after a model is dropped (the CUDA caching allocator keeps freed blocks otherwise)."""
-    gc.collect()
-    if device is not None and device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()

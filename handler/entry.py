@@ -15,7 +15,7 @@ from typing import Any
 
 from handler.service import PyTorchHandler
 from torch_mme import load_report
-from torch_mme.errors import HandlerError, ModelLoadError, OutOfMemory, brief, is_out_of_memory
+from torch_mme.errors import ModelLoadError, OutOfMemory, ServingError, brief, is_out_of_memory
 from torch_mme.settings import Settings
 
 log = logging.getLogger("handler")
@@ -30,17 +30,15 @@ def handle(data: list[dict] | None, context: Any) -> list[bytes] | None:
     except BaseException as exc:
         error = _as_load_error(exc)
         log.error("LoadModel of %s failed (%d): %s", context.model_name, error.status, error, exc_info=exc)
-        load_report.write(
-            Settings.from_env().run_dir, context.model_name, error.status, type(error).__name__, str(error)
-        )
+        load_report.write(Settings.from_env().run_dir, context.model_name, error.status, error.type_name, str(error))
         if error.status == OutOfMemory.status:
             raise MemoryError(str(error)) from exc
         raise
     return None
 
 
-def _as_load_error(exc: BaseException) -> HandlerError:
-    if isinstance(exc, HandlerError):
+def _as_load_error(exc: BaseException) -> ServingError:
+    if isinstance(exc, ServingError):
         return exc
     if is_out_of_memory(exc):
         return OutOfMemory(f"out of memory while loading: {brief(exc)}")

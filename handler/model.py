@@ -8,9 +8,11 @@ default that matches the SageMaker PyTorch serving container.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,10 +22,10 @@ from handler import codecs
 from handler.user_code import SCRIPT, Hook, find_hooks, import_script
 from torch_mme.errors import (
     BadRequest,
-    HandlerError,
     ModelLoadError,
     OutOfMemory,
     PredictionError,
+    ServingError,
     brief,
     is_out_of_memory,
     toolkit_status_error,
@@ -73,52 +75,37 @@ class Model:
         if hook is None:
             decoded = codecs.decode(body, content_type, self.max_decoded_bytes)
             return _to_tensors(decoded, self.device, self.input_dtype)
-        try:
+        with _failures(
+            "in input_fn",
+            lambda exc: toolkit_status_error(exc) or BadRequest(f"input_fn rejected the body: {brief(exc)}"),
+        ):
             return hook(user_body(body, content_type), content_type, context=context)
-        except HandlerError:
-            raise
-        except Exception as exc:
-            if is_out_of_memory(exc):
-                raise OutOfMemory(f"out of memory in input_fn: {brief(exc)}") from exc
-            raise toolkit_status_error(exc) or BadRequest(f"input_fn rejected the body: {brief(exc)}") from exc
 
     def predict(self, data: Any, context: Any = None) -> Any:
         """Model input -> prediction: the user's ``predict_fn`` as it is (it may use autograd), or the
         default, the module called under ``torch.no_grad()`` (the toolkit's ``default_predict_fn``)."""
         hook = self.hooks.get("predict_fn")
-        try:
+        with _failures("in the model", _prediction_error):
             if hook is not None:
                 return hook(data, self.module, context=context)
             with torch.no_grad():
                 return _call(self.module, data)
-        except HandlerError:
-            raise
-        except Exception as exc:
-            raise _prediction_error(exc) from exc
 
     def encode(self, prediction: Any, accept: str, context: Any = None) -> tuple[bytes, str]:
         """Prediction -> (body, content type) (``output_fn``)."""
         hook = self.hooks.get("output_fn")
         if hook is None:
             return codecs.encode(prediction, accept, self.default_accept)
-        try:
+        with _failures("in output_fn", lambda exc: _prediction_error(exc, "output_fn")):
             return _body_and_type(hook(prediction, self.user_accept(accept), context=context), self.user_accept(accept))
-        except HandlerError:
-            raise
-        except Exception as exc:
-            raise _prediction_error(exc, "output_fn") from exc
 
     def transform(self, body: bytes, content_type: str, accept: str, context: Any = None) -> tuple[bytes, str]:
         """The whole request through the user's ``transform_fn``, called as it is (no grad mode set)."""
         hook = self.hooks["transform_fn"]
-        try:
+        with _failures("in transform_fn", lambda exc: _prediction_error(exc, "transform_fn")):
             result = hook(
                 self.module, user_body(body, content_type), content_type, self.user_accept(accept), context=context
             )
-        except HandlerError:
-            raise
-        except Exception as exc:
-            raise _prediction_error(exc, "transform_fn") from exc
         return _body_and_type(result, self.user_accept(accept))
 
     def user_accept(self, accept: str) -> str:
@@ -180,14 +167,27 @@ def _float_dtype(module: Any) -> torch.dtype | None:
 
 
 def _run_load_hook(name: str, hook: Hook, args: tuple[Any, ...], context: Any) -> Any:
-    try:
+    with _failures(f"in {name}", lambda exc: ModelLoadError(f"{name} failed: {brief(exc)}")):
         return hook(*args, context=context)
-    except HandlerError:
+
+
+@contextlib.contextmanager
+def _failures(where: str, otherwise: Callable[[Exception], ServingError | None]) -> Iterator[None]:
+    """Translate what fails in the block (torch's or the user's code) into the error its client is answered
+    with: our own errors pass as they are, out-of-memory is a 507 saying ``where`` (``"in model_fn"``,
+    ``"loading model.pt"``), anything else ``otherwise(exc)``; ``None`` from it lets ``exc`` through unchanged,
+    for the caller to handle."""
+    try:
+        yield
+    except ServingError:
         raise
     except Exception as exc:
         if is_out_of_memory(exc):
-            raise OutOfMemory(f"out of memory in {name}: {brief(exc)}") from exc
-        raise ModelLoadError(f"{name} failed: {brief(exc)}") from exc
+            raise OutOfMemory(f"out of memory {where}: {brief(exc)}") from exc
+        translated = otherwise(exc)
+        if translated is None:
+            raise
+        raise translated from exc
 
 
 def find_artifact(model_dir: str) -> str | None:
@@ -216,17 +216,20 @@ def _load_artifact(model_dir: str, device: torch.device, allow_unsafe_pickle: bo
             f"and no model_fn in code/{SCRIPT}"
         )
     name = os.path.basename(path)
-    if name.endswith(".pth") and not _is_zip(path):  # the legacy (pre-1.6) torch.save format: never TorchScript
+    zipped = _is_zip(path)
+    if name.endswith(".pth") and not zipped:  # the legacy (pre-1.6) torch.save format: never TorchScript
         return _load_pickled(path, device, allow_unsafe_pickle)
     try:
-        return torch.jit.load(path, map_location=device)
-    except Exception as exc:
-        if is_out_of_memory(exc):
-            raise OutOfMemory(f"out of memory loading {name}: {brief(exc)}") from exc
-        if not _is_zip(path):
-            raise ModelLoadError(f"{name} is not a TorchScript archive ({brief(exc)})") from exc
+        with _failures(
+            f"loading {name}",
+            lambda exc: None if zipped else ModelLoadError(f"{name} is not a TorchScript archive ({brief(exc)})"),
+        ):
+            return torch.jit.load(path, map_location=device)
+    except ServingError:
+        raise
+    except Exception:  # a zip archive TorchScript cannot read: torch.save's format
         log.info("%s is not TorchScript; reading it as torch.save weights", name)
-        return _load_pickled(path, device, allow_unsafe_pickle)
+    return _load_pickled(path, device, allow_unsafe_pickle)
 
 
 def _is_zip(path: str) -> bool:
@@ -237,20 +240,19 @@ def _is_zip(path: str) -> bool:
 def _load_pickled(path: str, device: torch.device, allow_unsafe_pickle: bool) -> Any:
     name = os.path.basename(path)
     try:
-        obj = torch.load(path, map_location=device, weights_only=True)
+        with _failures(
+            f"loading {name}",
+            # a global weights_only refuses is a pickled object, not a damaged file: handled below
+            lambda exc: None if _refused_global(exc) else ModelLoadError(f"{name} cannot be read: {brief(exc)}"),
+        ):
+            obj = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" not in str(exc):  # a damaged file, not a pickled object
-            raise ModelLoadError(f"{name} cannot be read: {brief(exc)}") from exc
         if not allow_unsafe_pickle:
             raise ModelLoadError(
                 f"{name} is a pickled object that weights_only loading refuses; {UNSAFE_PICKLE_HINT}"
             ) from exc
         log.warning("loading %s with weights_only=False (TORCH_MME_ALLOW_UNSAFE_PICKLE is set)", name)
         obj = _unsafe_load(path, device)
-    except Exception as exc:
-        if is_out_of_memory(exc):
-            raise OutOfMemory(f"out of memory loading {name}: {brief(exc)}") from exc
-        raise ModelLoadError(f"{name} cannot be read: {brief(exc)}") from exc
     if isinstance(obj, dict):
         raise ModelLoadError(
             f"{name} holds a state_dict; define model_fn in code/{SCRIPT} to build the module and load it"
@@ -260,13 +262,14 @@ def _load_pickled(path: str, device: torch.device, allow_unsafe_pickle: bool) ->
     return obj
 
 
+def _refused_global(exc: Exception) -> bool:
+    return isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in str(exc)
+
+
 def _unsafe_load(path: str, device: torch.device) -> Any:
-    try:
+    name = os.path.basename(path)
+    with _failures(f"loading {name}", lambda exc: ModelLoadError(f"{name} cannot be unpickled: {brief(exc)}")):
         return torch.load(path, map_location=device, weights_only=False)
-    except Exception as exc:
-        if is_out_of_memory(exc):
-            raise OutOfMemory(f"out of memory loading {os.path.basename(path)}: {brief(exc)}") from exc
-        raise ModelLoadError(f"{os.path.basename(path)} cannot be unpickled: {brief(exc)}") from exc
 
 
 def _to_tensors(decoded: Any, device: torch.device, float_dtype: torch.dtype | None) -> Any:
@@ -284,12 +287,12 @@ def _call(module: Any, data: Any) -> Any:
     return module(data)
 
 
-def _prediction_error(exc: Exception, where: str = "the model") -> HandlerError:
+def _prediction_error(exc: Exception, where: str = "the model") -> ServingError:
+    """A failure of the model or of the user's predict/output code (out-of-memory is ``_failures``'): the
+    user's own status, a 400 when torch says the input does not fit, else 500."""
     user_status = toolkit_status_error(exc)
     if user_status is not None:
         return user_status
-    if is_out_of_memory(exc):
-        return OutOfMemory(f"out of memory in {where}: {brief(exc)}")
     if isinstance(exc, (RuntimeError, ValueError, IndexError, TypeError)) and any(
         m in str(exc) for m in _INPUT_MARKERS
     ):

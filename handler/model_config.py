@@ -20,7 +20,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch_mme.errors import BadRequest
+from torch_mme.common import is_inside
+from torch_mme.errors import InvalidModelConfig
 
 FILE = "torch-mme.json"
 MAX_BYTES = 64 * 2**10
@@ -31,10 +32,6 @@ ALIASES = {
     "minWorkers": "workers",
     "responseTimeout": "response_timeout_s",
 }
-
-
-class InvalidModelConfig(BadRequest):
-    """``torch-mme.json`` is not valid: LoadModel answers 400 with the key and the reason."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +109,7 @@ def _read_inside(model_dir: str, relative: Any, where: str) -> bytes:
         raise InvalidModelConfig(f"{where}: file must be a path relative to the model folder")
     root = os.path.realpath(model_dir)
     path = os.path.realpath(os.path.join(root, relative))
-    if os.path.commonpath([path, root]) != root or not os.path.isfile(path):
+    if not is_inside(path, root) or not os.path.isfile(path):
         raise InvalidModelConfig(f"{where}: file {relative!r} is not a file inside the model folder")
     if os.path.getsize(path) > 6 * 2**20:
         raise InvalidModelConfig(f"{where}: file {relative!r} is larger than 6 MiB")
@@ -122,12 +119,39 @@ def _read_inside(model_dir: str, relative: Any, where: str) -> bytes:
 
 def read(model_dir: str) -> ModelConfig:
     """The model's config (defaults without a ``torch-mme.json``); InvalidModelConfig names what is wrong."""
+    values = _load(model_dir)
+    known = {
+        "memory_mb": _memory,
+        "batch_size": lambda v: _integer("batch_size", v, 1, 256),
+        "max_batch_delay_ms": lambda v: _integer("max_batch_delay_ms", v, 0, 10_000),
+        "workers": lambda v: _integer("workers", v, 1, 32),
+        "response_timeout_s": lambda v: _integer("response_timeout_s", v, 1, 3600),
+        "torch_threads": lambda v: _integer("torch_threads", v, 1, 256),
+        "warmup": lambda v: _warmup(v, model_dir),
+        "batch_predict_fn": lambda v: _boolean("batch_predict_fn", v),
+    }
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise InvalidModelConfig(f"{FILE}: unknown key(s) {unknown[:5]}; known keys are {sorted(known)}")
+    return ModelConfig(**{key: known[key](value) for key, value in values.items()})
+
+
+def memory_mb(model_dir: str) -> float | None:
+    """The config's ``memory_mb`` alone (what admission needs, without reading the warm-up files), from the
+    same reading of the file as ``read``; InvalidModelConfig when the file or the value is not valid."""
+    value = _load(model_dir).get("memory_mb")
+    return None if value is None else _memory(value)
+
+
+def _load(model_dir: str) -> dict[str, Any]:
+    """The one reader of ``torch-mme.json``: its keys (TorchServe's names mapped to ours) and raw values,
+    ``{}`` without the file."""
     path = os.path.join(model_dir, FILE)
     if not os.path.lexists(path):
-        return ModelConfig()
+        return {}
     root = os.path.realpath(model_dir)
     real = os.path.realpath(path)
-    if os.path.commonpath([real, root]) != root or not os.path.isfile(real):
+    if not is_inside(real, root) or not os.path.isfile(real):
         raise InvalidModelConfig(f"{FILE} must be a file inside the model folder")
     with open(real, "rb") as f:
         raw = f.read(MAX_BYTES + 1)
@@ -145,20 +169,7 @@ def read(model_dir: str) -> ModelConfig:
         if name in values:
             raise InvalidModelConfig(f"{FILE}: {key} is given twice (as {name} and its alias)")
         values[name] = value
-    known = {
-        "memory_mb": _memory,
-        "batch_size": lambda v: _integer("batch_size", v, 1, 256),
-        "max_batch_delay_ms": lambda v: _integer("max_batch_delay_ms", v, 0, 10_000),
-        "workers": lambda v: _integer("workers", v, 1, 32),
-        "response_timeout_s": lambda v: _integer("response_timeout_s", v, 1, 3600),
-        "torch_threads": lambda v: _integer("torch_threads", v, 1, 256),
-        "warmup": lambda v: _warmup(v, model_dir),
-        "batch_predict_fn": lambda v: _boolean("batch_predict_fn", v),
-    }
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise InvalidModelConfig(f"{FILE}: unknown key(s) {unknown[:5]}; known keys are {sorted(known)}")
-    return ModelConfig(**{key: known[key](value) for key, value in values.items()})
+    return values
 
 
 def _boolean(key: str, value: Any) -> bool:

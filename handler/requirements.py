@@ -55,8 +55,8 @@ Sources, in order: ``code/wheels/`` and the container's wheelhouse
 ``TORCH_MME_PIP_INDEX`` is not ``off``, again with the index (pip's own
 configuration, or that URL) plus those folders as find-links. Each attempt
 installs into a fresh temporary sibling ``.tmp-<key>-...``; on success a
-marker is written into it and it is renamed into place. An ``fcntl`` lock per
-key makes concurrent loads with the same requirements do one install; a folder
+marker is written into it and it is renamed into place. A file lock per
+key (``filelock``) makes concurrent loads with the same requirements do one install; a folder
 without the marker is deleted and redone, never used. pip's time is bounded by
 ``TORCH_MME_PIP_TIMEOUT_S`` and by what the load's own timeout leaves (MMS
 kills a worker whose load outlives ``timeout_s``). A failure raises
@@ -82,7 +82,6 @@ delete it to reclaim the space).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import importlib
 import json
@@ -101,8 +100,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from torch_mme.common import is_inside
 from torch_mme.errors import DependencyInstallError
-from torch_mme.settings import Settings, default_deps_dir
+from torch_mme.settings import Settings, default_deps_dir, environment
 
 log = logging.getLogger(__name__)
 
@@ -295,19 +295,15 @@ def check_requirements(code_dir: str) -> None:
     error names the file and line, and quotes only that line.
     """
     real_code = os.path.realpath(code_dir)
-    if not _inside(real_code, os.path.realpath(os.path.dirname(code_dir))):
+    if not is_inside(real_code, os.path.realpath(os.path.dirname(code_dir))):
         raise DependencyInstallError("the model's code/ folder leads outside the model directory")
     _check_file(os.path.join(code_dir, REQUIREMENTS), real_code, 0)
 
 
-def _inside(path: str, folder: str) -> bool:
-    return os.path.commonpath([path, folder]) == folder
-
-
 def _check_file(path: str, real_code: str, depth: int) -> None:
-    where = os.path.relpath(path, os.path.dirname(real_code)) if _inside(os.path.realpath(path), real_code) else path
+    where = os.path.relpath(path, os.path.dirname(real_code)) if is_inside(os.path.realpath(path), real_code) else path
     real = os.path.realpath(path)
-    if not _inside(real, real_code) or not os.path.isfile(real):
+    if not is_inside(real, real_code) or not os.path.isfile(real):
         raise DependencyInstallError(f"{where} is not a file inside the model's code/ folder")
     if depth > 10:
         raise DependencyInstallError(f"{where}: requirements files include each other more than 10 deep")
@@ -358,7 +354,7 @@ def _check_line(line: str, base: str, real_code: str, depth: int) -> None:
             if _SCHEME.match(value):  # pip reads 'file:/etc/x' as a URL, even if code/file:/etc/x exists
                 raise DependencyInstallError(f"{name} must name a file inside code/, not a URL")
             target = os.path.join(base, os.path.expanduser(value))
-            if not _inside(os.path.realpath(target), real_code):
+            if not is_inside(os.path.realpath(target), real_code):
                 raise DependencyInstallError(f"{name} names a file outside the model's code/ folder")
             _check_file(target, real_code, depth + 1)
         elif name in _PATH_OPTIONS:
@@ -368,7 +364,7 @@ def _check_line(line: str, base: str, real_code: str, depth: int) -> None:
                 continue  # --editable git+https://...: a source like any direct URL requirement
             # pip resolves --find-links next to the requirements file, --editable from its working folder (code/)
             target = os.path.join(base if name == "--find-links" else real_code, os.path.expanduser(value))
-            if not _inside(os.path.realpath(target), real_code):
+            if not is_inside(os.path.realpath(target), real_code):
                 raise DependencyInstallError(f"{name} names a path outside the model's code/ folder")
         elif name in _FETCH_OPTIONS:
             raise DependencyInstallError(
@@ -413,7 +409,9 @@ def _check_requirement(requirement: str, real_code: str) -> None:
             _check_url(url, real_code, "a file: URL")
         return
     looks_like_a_path = url.startswith((".", "/", "~")) or "/" in url or os.sep in url
-    if looks_like_a_path and not _inside(os.path.realpath(os.path.join(real_code, os.path.expanduser(url))), real_code):
+    if looks_like_a_path and not is_inside(
+        os.path.realpath(os.path.join(real_code, os.path.expanduser(url))), real_code
+    ):
         raise DependencyInstallError("a local path outside the model's code/ folder")
 
 
@@ -428,7 +426,7 @@ def _check_url(url: str, real_code: str, what: str) -> None:
     if not _is_file_url(url):
         raise DependencyInstallError(f"{what} URL is not allowed: the server decides where pip fetches from")
     path = unquote(urlsplit(url.split("+", 1)[-1]).path)
-    if not _inside(os.path.realpath(os.path.join(real_code, path)), real_code):
+    if not is_inside(os.path.realpath(os.path.join(real_code, path)), real_code):
         raise DependencyInstallError(f"{what} points outside the model's code/ folder")
 
 
@@ -525,26 +523,24 @@ def _budget(settings: Settings) -> float:
 
 @contextlib.contextmanager
 def _locked(path: str, deadline: float, model_name: str):
-    """An exclusive ``flock`` on ``path``, waited for until ``deadline``."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    """An exclusive lock on ``path`` (``filelock``: ``flock`` on Linux), waited for until ``deadline``."""
+    import filelock  # here, not at the top: ~40 ms to import, and only an install needs it
+
+    lock = filelock.FileLock(path, mode=0o644)
     try:
-        waited = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not waited:
-                    log.info("requirements of %s: waiting for another process installing the same ones", model_name)
-                    waited = True
-                if time.monotonic() >= deadline:
-                    raise DependencyInstallError(
-                        "another model process is still installing the same requirements; try LoadModel again later"
-                    ) from None
-                time.sleep(0.1)
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        log.info("requirements of %s: waiting for another process installing the same ones", model_name)
+        try:
+            lock.acquire(timeout=max(deadline - time.monotonic(), 0), poll_interval=0.1)
+        except filelock.Timeout:
+            raise DependencyInstallError(
+                "another model process is still installing the same requirements; try LoadModel again later"
+            ) from None
+    try:
         yield
     finally:
-        os.close(fd)  # releases the lock
+        lock.release()
 
 
 def _remove_leftovers(root: str, key: str, final: str) -> None:
@@ -703,7 +699,7 @@ def _pins() -> list[tuple[str, str]]:
 
 def _run(command: list[str], cwd: str, deadline: float) -> tuple[int | None, str]:
     """Run pip in its own process group: (exit status or None on timeout, its whole output)."""
-    env = {k: v for k, v in os.environ.items() if k not in _DROPPED_PIP_ENV}
+    env = {k: v for k, v in environment().items() if k not in _DROPPED_PIP_ENV}
     env.pop("PYTHONHOME", None)
     process = subprocess.Popen(
         command,

@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from handler import codecs, timing
+from torch_mme.common import is_inside
 from torch_mme.errors import (
     MAX_MESSAGE,
-    HandlerError,
     ModelLoadError,
     ModelOutsideRoot,
     OutOfMemory,
     PredictionError,
+    ServingError,
     UnsupportedContentType,
     brief,
     is_out_of_memory,
@@ -128,7 +129,7 @@ class Item:
     context: RequestContext | None = None
     data: Any = None
     prediction: Any = None
-    error: HandlerError | None = None
+    error: ServingError | None = None
 
     @contextlib.contextmanager
     def scope(self) -> Iterator[None]:
@@ -160,8 +161,8 @@ def ascii_safe(text: str) -> str:
 
 def check_inside(model_dir: str, root: str) -> str:
     """The real path of ``model_dir``; refuses one that resolves outside ``root``."""
-    real, real_root = os.path.realpath(model_dir), os.path.realpath(root)
-    if os.path.commonpath([real, real_root]) != real_root:
+    real = os.path.realpath(model_dir)
+    if not is_inside(real, os.path.realpath(root)):
         raise ModelOutsideRoot(f"model directory {model_dir} is outside the models root {root}")
     return real
 
@@ -194,7 +195,7 @@ class PyTorchHandler:
 
             torch.set_num_threads(config.torch_threads)
         dev = device.device_for(properties.get("gpu_id"))
-        device.admit(model_dir, dev, settings.memory_headroom_mb)
+        device.admit(model_dir, dev, settings.memory_headroom_mb, config.memory_mb)
         self.model = model.load(
             model_dir, dev, settings.allow_unsafe_pickle, context, settings.default_accept, settings.program
         )
@@ -210,14 +211,6 @@ class PyTorchHandler:
             self._serve([item])
             if item.error is not None:
                 raise ModelLoadError(f"torch-mme.json warmup[{position}] failed ({item.error.status}): {item.error}")
-
-    def unload(self) -> None:
-        """Drop the model and give its memory back (GPU: the allocator's cache too)."""
-        from handler import device
-
-        dev = self.model.device if self.model is not None else None
-        self.model = None
-        device.release(dev)
 
     def preprocess(self, data: list[dict], context: Any) -> list[Item]:
         """Decode every item with its own Content-Type."""
@@ -292,7 +285,7 @@ class PyTorchHandler:
             if item.error is not None:
                 context.set_response_status(item.error.status, ascii_safe(str(item.error)[:MAX_MESSAGE]), idx)
                 context.set_response_content_type(idx, codecs.JSON)
-                responses.append(item.error.to_json().encode())
+                responses.append(item.error.body(MAX_MESSAGE))
             else:
                 body, content_type = item.prediction
                 context.set_response_content_type(idx, ascii_safe(content_type))
@@ -329,7 +322,7 @@ class PyTorchHandler:
         with item.scope():
             try:
                 setattr(item, field, stage())
-            except HandlerError as exc:
+            except ServingError as exc:
                 item.error = exc
                 if exc.status >= 500:
                     log.error("request failed (%d): %s", exc.status, exc, exc_info=exc.__cause__ or exc)

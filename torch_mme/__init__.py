@@ -8,8 +8,9 @@ The rooms, one role each (ARCHITECTURE.md walks a request through them):
 - ``torch_mme.endpoint``: plays SageMaker's part on a developer's machine (``torch-mme endpoint``).
 - ``torch_mme.tools``: developer tools: packaging, the demo, the example builders, a local server helper.
 - Shared by all of them, each light to import: ``settings`` (the only reader of the environment),
-  ``errors`` (the error hierarchy and its JSON body), ``memory`` (the load estimate) and
-  ``load_report`` (what a worker tells the front about a failed load).
+  ``errors`` (the error hierarchy and its JSON body), ``memory`` (the load estimate),
+  ``load_report`` (what a worker tells the front about a failed load) and ``common`` (``is_inside``,
+  ``format_size``).
 """
 
 __version__ = "0.1.0"

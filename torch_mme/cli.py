@@ -8,58 +8,28 @@ import os
 import sys
 
 from torch_mme.endpoint import main as endpoint_main
-from torch_mme.settings import Settings
+from torch_mme.settings import EVICTION_MODES, Settings, setting_fields, shown_default
 from torch_mme.tools import packaging
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    """``serve``'s flags, one per setting that has one: the help says the setting's default and variable."""
     p = sub.add_parser(
         "serve", help="run MMS with the PyTorch handler in the foreground (the container's main process)"
     )
-    p.add_argument("--host", help="address to bind (default 127.0.0.1; TORCH_MME_HOST; the image uses 0.0.0.0)")
-    p.add_argument("--port", type=int, help="port (default 8080; SAGEMAKER_BIND_TO_PORT)")
-    p.add_argument(
-        "--model-dir",
-        dest="models_root",
-        help="models root; LoadModel refuses a url outside it (default $SAGEMAKER_BASE_DIR/models)",
-    )
-    p.add_argument(
-        "--workers",
-        dest="workers_per_model",
-        type=int,
-        help="worker processes per model (default 1; SAGEMAKER_MODEL_SERVER_WORKERS)",
-    )
-    p.add_argument(
-        "--timeout",
-        dest="timeout_s",
-        type=int,
-        help="response timeout in seconds (default 60; SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS)",
-    )
-    p.add_argument("--jvm-heap", help="the MMS Java heap, e.g. 512m (default 128m; TORCH_MME_JVM_HEAP)")
-    p.add_argument(
-        "--max-request-mb", type=int, help="largest request body in MiB (default 6; SAGEMAKER_MAX_PAYLOAD_IN_MB)"
-    )
-    p.add_argument(
-        "--allow-unsafe-pickle",
-        action="store_const",
-        const=True,
-        default=None,
-        help="allow loading pickled whole modules (runs code from the file; TORCH_MME_ALLOW_UNSAFE_PICKLE)",
-    )
-    p.add_argument("--log-level", help="INFO, DEBUG, WARNING (TORCH_MME_LOG_LEVEL)")
-    p.add_argument(
-        "--evict",
-        dest="eviction",
-        choices=["sagemaker", "lru"],
-        help="sagemaker: answer 507 and let the platform unload (default); lru: unload least-recently-used models "
-        "to make room, for running outside SageMaker (TORCH_MME_EVICTION)",
-    )
-    p.add_argument(
-        "--memory-budget-mb", type=int, help="cap on the memory the container may use (TORCH_MME_MEMORY_BUDGET_MB)"
-    )
-    p.add_argument(
-        "--memory-headroom-mb", type=int, help="memory kept free (default 256; TORCH_MME_MEMORY_HEADROOM_MB)"
-    )
+    for f in setting_fields():
+        flag = f.metadata["flag"]
+        if flag is None:
+            continue
+        variables = ", ".join(f.metadata["env"])
+        help_text = f"{f.metadata['doc']} (default {shown_default(f)}; {variables})".replace("%", "%%")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, dest=f.name, action="store_const", const=True, default=None, help=help_text)
+        elif f.name == "eviction":
+            p.add_argument(flag, dest=f.name, choices=EVICTION_MODES, help=help_text)
+        else:
+            kind = int if f.type in ("int", int) else float if f.type in ("float", float) else str
+            p.add_argument(flag, dest=f.name, type=kind, help=help_text)
 
 
 def _demo_parser(sub: argparse._SubParsersAction) -> None:

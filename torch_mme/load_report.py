@@ -11,6 +11,8 @@ import json
 import logging
 import os
 
+from torch_mme.errors import error_body
+
 log = logging.getLogger(__name__)
 
 FOLDER = "load-errors"
@@ -27,8 +29,8 @@ def write(run_dir: str, model_name: str, status: int, kind: str, message: str) -
     target = path(run_dir, model_name)
     try:
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(target + ".tmp", "w") as f:
-            json.dump({"code": status, "type": kind, "message": message}, f)
+        with open(target + ".tmp", "wb") as f:
+            f.write(error_body(status, kind, message))
         os.replace(target + ".tmp", target)
     except OSError:
         log.warning("could not write the load report %s", target, exc_info=True)

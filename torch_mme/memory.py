@@ -1,8 +1,10 @@
 """Memory the container may still use, and memory a model will take, without loading it.
 
-Imported by the front-end process before a LoadModel reaches a worker, so it
-must stay light: the standard library only, never torch. Reading a model's
-footprint opens zip directories and safetensors headers, never tensor data.
+Imported by the front-end process before a LoadModel reaches a worker, and by
+the worker for its GPU check, so it must stay light: the standard library
+only, never torch. Reading a model's footprint opens zip directories and
+safetensors headers, never tensor data. ``estimate`` is the one estimate both
+admit by.
 """
 
 from __future__ import annotations
@@ -15,16 +17,19 @@ import struct
 import zipfile
 from dataclasses import dataclass
 
+from handler import model_config
+from torch_mme.common import format_size, is_inside
+
 MIB = 2**20
 NO_LIMIT_V1 = 2**60
 """cgroup v1 has no "max": an unlimited group reports about 2**63 rounded down to a page."""
-DECLARATION = "torch-mme.json"
 CODE_DIR = "code"
 ZIP_MAGIC = b"PK\x03\x04"
 TORCH_ZIP_SUFFIXES = (".pt", ".pth", ".pt2", ".bin", ".ckpt")
 SAFETENSORS_SUFFIX = ".safetensors"
 MAX_SAFETENSORS_HEADER = 100 * MIB
-MAX_DECLARATION = MIB
+LOAD_FACTOR = 1.2
+"""Weights are held once, plus transient copies while they load."""
 DETAIL_FILES = 4
 """Largest files named in ``Footprint.detail``; the rest are only counted."""
 
@@ -190,8 +195,6 @@ class Footprint:
 
     weights_bytes: int
     """Bytes of tensors found in the artifact files (file sizes where tensors cannot be told apart)."""
-    declared_bytes: int | None
-    """``memory_mb`` of ``torch-mme.json``, in bytes: the owner's word wins over the estimate."""
     detail: str
     """One line for logs: what was counted."""
 
@@ -205,7 +208,26 @@ class _Counted:
 
     def describe(self) -> str:
         count = "" if self.tensors is None else f"{self.tensors} tensor{'' if self.tensors == 1 else 's'}, "
-        return f"{self.name}: {count}{_size(self.size)} ({self.kind})"
+        return f"{self.name}: {count}{format_size(self.size)} ({self.kind})"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    bytes: int
+    detail: str
+    """One line for logs: what was counted, and what ``torch-mme.json`` declares."""
+
+
+def estimate(model_dir: str, memory_mb: float | None = None, overhead_bytes: int = 0) -> Estimate:
+    """What one worker of the model will hold: ``memory_mb`` when the model's ``torch-mme.json`` declares it (the
+    owner's word wins), else ``overhead_bytes`` (the process itself) plus its weights times ``LOAD_FACTOR``.
+    The detail names the files counted either way."""
+    footprint = estimate_weights(model_dir)
+    if memory_mb:
+        return Estimate(
+            math.ceil(memory_mb * MIB), f"{footprint.detail}; {model_config.FILE} declares {memory_mb:g} MiB"
+        )
+    return Estimate(overhead_bytes + int(footprint.weights_bytes * LOAD_FACTOR), footprint.detail)
 
 
 def estimate_weights(model_dir: str) -> Footprint:
@@ -220,8 +242,7 @@ def estimate_weights(model_dir: str) -> Footprint:
     """
     root = os.path.realpath(model_dir)
     if not os.path.isdir(root):
-        return Footprint(0, None, f"{model_dir}: not a directory")
-    declared, note = _read_declaration(os.path.join(root, DECLARATION), root)
+        return Footprint(0, f"{model_dir}: not a directory")
     counted: list[_Counted] = []
     skipped = 0
     seen: set[str] = set()
@@ -232,10 +253,10 @@ def estimate_weights(model_dir: str) -> Footprint:
         for filename in sorted(filenames):
             path = os.path.join(folder, filename)
             name = os.path.relpath(path, root).replace(os.sep, "/")
-            if name == DECLARATION:
+            if name == model_config.FILE:
                 continue
             real = os.path.realpath(path)
-            if not _inside(real, root):
+            if not is_inside(real, root):
                 skipped += 1
                 continue
             if real in seen or not _is_regular_file(real):
@@ -243,7 +264,7 @@ def estimate_weights(model_dir: str) -> Footprint:
             seen.add(real)
             counted.append(_count_file(real, name))
     total = sum(c.size for c in counted)
-    return Footprint(total, declared, _detail(counted, total, skipped, note))
+    return Footprint(total, _detail(counted, total, skipped))
 
 
 def _count_file(path: str, name: str) -> _Counted:
@@ -358,47 +379,15 @@ def _safetensors_tensor_bytes(info: object) -> int | None:
     return None
 
 
-def _read_declaration(path: str, root: str) -> tuple[int | None, str]:
-    """(declared bytes, note for the detail line) from ``torch-mme.json``."""
-    if not os.path.lexists(path):
-        return None, ""
-    if not _inside(os.path.realpath(path), root) or not _is_regular_file(path):
-        return None, f"{DECLARATION} ignored: not a file inside the model dir"
-    try:
-        with open(path, "rb") as f:
-            data = json.loads(f.read(MAX_DECLARATION + 1)[:MAX_DECLARATION].decode("utf-8"))
-    except _UNREADABLE:
-        return None, f"{DECLARATION} ignored: not JSON"
-    if isinstance(data, dict) and "memory_mb" not in data:
-        return None, ""  # the file holds other serving settings (handler.model_config), no size
-    mb = data.get("memory_mb") if isinstance(data, dict) else None
-    if isinstance(mb, bool) or not isinstance(mb, (int, float)) or not math.isfinite(mb) or mb <= 0:
-        return None, f"{DECLARATION} ignored: memory_mb must be a number > 0"
-    return math.ceil(mb * MIB), f"{DECLARATION} declares {mb:g} MiB"
-
-
-def _detail(counted: list[_Counted], total: int, skipped: int, note: str) -> str:
+def _detail(counted: list[_Counted], total: int, skipped: int) -> str:
     largest = sorted(counted, key=lambda c: c.size, reverse=True)[:DETAIL_FILES]
     parts = [c.describe() for c in largest]
     if len(counted) > len(largest):
-        parts.append(f"{len(counted) - len(largest)} more, {_size(total - sum(c.size for c in largest))}")
-    parts.append(f"total {_size(total)} in {len(counted)} file{'' if len(counted) == 1 else 's'}")
+        parts.append(f"{len(counted) - len(largest)} more, {format_size(total - sum(c.size for c in largest))}")
+    parts.append(f"total {format_size(total)} in {len(counted)} file{'' if len(counted) == 1 else 's'}")
     if skipped:
         parts.append(f"{skipped} link{'' if skipped == 1 else 's'} outside the model dir skipped")
-    if note:
-        parts.append(note)
     return "; ".join(parts)
-
-
-def _size(size: int) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", MIB), ("KiB", 1024)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} B"
-
-
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def _is_regular_file(path: str) -> bool:

@@ -1,6 +1,6 @@
 """The peers' own virtualenv: TorchServe 0.12 (and its archiver) and aiohttp, installed from PyPI once and reused.
 
-It lives in a cache folder (``$TORCH_MME_BENCH_VENV``, else ``~/.cache/torch-mme/bench-venv``), outside the
+It lives in a cache folder (``python -m bench --peers-venv DIR``, else ``~/.cache/torch-mme/bench-venv``), outside the
 repository. ``torch==2.13.0`` is installed first and pinned, so no peer pulls another torch (pip's
 find-links then take the local CPU wheel where there is one); PyYAML is needed by TorchServe 0.12 but not
 declared. aiohttp and numpy are pinned to the versions this project runs on, so the one-process app and
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -27,11 +26,14 @@ MARKER = ".torch-mme-bench.json"
 INSTALL_TIMEOUT_S = 1200
 
 
+VENV_DIR: Path | None = None
+"""Where the peers' venv lives when set (``python -m bench --peers-venv DIR``); else the user's cache folder."""
+
+
 def location() -> Path:
     """Where the peers' venv lives."""
-    configured = os.environ.get("TORCH_MME_BENCH_VENV")
-    if configured:
-        return Path(configured).expanduser()
+    if VENV_DIR is not None:
+        return VENV_DIR.expanduser()
     return Path(user_cache_dir()) / "bench-venv"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.common import header_lines
+from bench.report import Block, bullets, document, table, us
 
 OURS = "torch_mme"
 ORDER = ("in_process", "one_process", "mms", "torchserve", "torch_mme")
@@ -99,10 +99,6 @@ def goal(name: str, value: float, op: str, limit: float) -> dict[str, Any]:
     return {"goal": name, "value": value, "op": op, "limit": limit, "pass": passed}
 
 
-def us(value: float) -> str:
-    return f"{value:.0f} µs" if value < 1000 else f"{value / 1000:.2f} ms"
-
-
 def verdict(g: dict[str, Any]) -> str:
     if g["op"] == "==":
         return "**PASS**" if g["pass"] else f"**FAIL** ({g['value']} errors)"
@@ -115,45 +111,50 @@ def verdict(g: dict[str, Any]) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     cfg, pv = result["config"], result["peer_versions"]
-    lines = [
-        "# peers: torch-mme vs. TorchServe, plain MMS, a one-process app, and in-process",
-        "",
-        *header_lines(result),
-        "- peers' venv (`" + result["peer_venv"] + "`): " + ", ".join(f"{k} {v}" for k, v in pv.items()),
-        f"- tiny model: {cfg['models']['tiny']}, forward p50 {us(result['forward_ms']['tiny']['p50'] * 1e3)}",
-        f"- compute-bound model: {cfg['models']['compute']}, forward p50 "
-        f"{result['forward_ms']['compute']['p50']:.1f} ms (p99 {result['forward_ms']['compute']['p99']:.1f} ms)",
-        f"- every request: the same JSON body ({cfg['body_bytes']} bytes, one row of 16 floats) -> 4 floats; "
-        "torch with **1 intra-op thread** per model process everywhere (MMS's workers set it; TorchServe and "
-        "the one-process app are given `OMP_NUM_THREADS=1`; in-process is timed with `torch.set_num_threads(1)`)",
-        "- all servers run at once on 127.0.0.1 and are measured in turn, in an order that rotates, so every "
-        "ratio below compares numbers taken within seconds of each other; the client is raw keep-alive HTTP/1.1 "
-        "(request bytes built once) on the same machine",
-        "- servers: "
-        + "; ".join(
-            f"{s['label']} ({', '.join(f'{k} {v}' for k, v in s.items() if k not in ('label', 'python'))})"
-            for s in result["servers"].values()
-        ),
-        "- start-up until `/ping` answers: "
-        + ", ".join(f"{result['servers'][k]['label']} {v:.1f} s" for k, v in result["start_s"].items()),
-        "",
-        "## Goals",
-        "",
-        "| goal | measured (torch-mme / other) | limit | result |",
-        "|---|---:|---:|---|",
+    goals = [
+        [
+            g["goal"],
+            str(g["value"]) if g["op"] == "==" else f"{g['value']:.2f}x",
+            "0" if g["op"] == "==" else f"{g['op']} {g['limit']:.2f}x",
+            verdict(g),
+        ]
+        for g in result["goals"]
     ]
-    for g in result["goals"]:
-        value = str(g["value"]) if g["op"] == "==" else f"{g['value']:.2f}x"
-        limit = "0" if g["op"] == "==" else f"{g['op']} {g['limit']:.2f}x"
-        lines.append(f"| {g['goal']} | {value} | {limit} | {verdict(g)} |")
     missed = [(g, why(result, g)) for g in result["goals"] if not g["pass"]]
-    if missed:
-        lines += ["", "Why the missed goals are missed (from this run's numbers):", ""]
-        lines += [f"- **{g['goal']}**: {text}" for g, text in missed if text]
-    lines += latency_section(result) + throughput_section(result) + load_section(result) + endpoint_section(result)
+    reasons = ["Why the missed goals are missed (from this run's numbers):", ""] if missed else []
+    reasons += bullets(f"**{g['goal']}**: {text}" for g, text in missed if text)
     phases = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result.get("phase_s", {}).items())
-    lines += ["", f"Whole run: {result['wall_s']:.0f} s ({phases}).", ""]
-    return "\n".join(lines)
+    return document(
+        "peers: torch-mme vs. TorchServe, plain MMS, a one-process app, and in-process",
+        result,
+        "## Goals",
+        table(["goal", "measured (torch-mme / other)", "limit", "result"], goals, "lrrl"),
+        reasons,
+        *latency_section(result),
+        *throughput_section(result),
+        *load_section(result),
+        *endpoint_section(result),
+        f"Whole run: {result['wall_s']:.0f} s ({phases}).",
+        facts=[
+            "peers' venv (`" + result["peer_venv"] + "`): " + ", ".join(f"{k} {v}" for k, v in pv.items()),
+            f"tiny model: {cfg['models']['tiny']}, forward p50 {us(result['forward_ms']['tiny']['p50'] * 1e3)}",
+            f"compute-bound model: {cfg['models']['compute']}, forward p50 "
+            f"{result['forward_ms']['compute']['p50']:.1f} ms (p99 {result['forward_ms']['compute']['p99']:.1f} ms)",
+            f"every request: the same JSON body ({cfg['body_bytes']} bytes, one row of 16 floats) -> 4 floats; "
+            "torch with **1 intra-op thread** per model process everywhere (MMS's workers set it; TorchServe and "
+            "the one-process app are given `OMP_NUM_THREADS=1`; in-process is timed with `torch.set_num_threads(1)`)",
+            "all servers run at once on 127.0.0.1 and are measured in turn, in an order that rotates, so every "
+            "ratio below compares numbers taken within seconds of each other; the client is raw keep-alive HTTP/1.1 "
+            "(request bytes built once) on the same machine",
+            "servers: "
+            + "; ".join(
+                f"{s['label']} ({', '.join(f'{k} {v}' for k, v in s.items() if k not in ('label', 'python'))})"
+                for s in result["servers"].values()
+            ),
+            "start-up until `/ping` answers: "
+            + ", ".join(f"{result['servers'][k]['label']} {v:.1f} s" for k, v in result["start_s"].items()),
+        ],
+    )
 
 
 def cpu(result: dict[str, Any], kind: str, key: str) -> dict[str, float]:
@@ -235,161 +236,127 @@ def why(result: dict[str, Any], g: dict[str, Any]) -> str:
     return ""
 
 
-def latency_section(result: dict[str, Any]) -> list[str]:
-    lines = ["", "## 1. Invoke latency, 1 client, keep-alive", ""]
+def latency_section(result: dict[str, Any]) -> list[Block]:
+    blocks: list[Block] = ["## 1. Invoke latency, 1 client, keep-alive"]
     for kind, lat in result["latency"].items():
         r = result["ratios"]["latency"][kind]
-        lines += [
-            f"### {KIND_TITLE[kind]}",
-            "",
-            "| path | n | p50 | p99 | mean | p50 / in-process | p99 / in-process | torch-mme / this, p50 "
-            "| torch-mme / this, p99 |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        keys = present(result, "latency", kind)
+        rows = [
+            [LABELS[key], lat[key]["n"], us(lat[key]["p50"]), us(lat[key]["p99"]), us(lat[key]["mean"])]
+            + [f"{r[key][q]:.2f}x" for q in ("p50_over_in_process", "p99_over_in_process")]
+            + [f"{r[key][q]:.2f}x" for q in ("ours_over_this_p50", "ours_over_this_p99")]
+            for key in keys
         ]
-        for key in present(result, "latency", kind):
-            s, q = lat[key], r[key]
-            lines.append(
-                f"| {LABELS[key]} | {s['n']} | {us(s['p50'])} | {us(s['p99'])} | {us(s['mean'])} "
-                f"| {q['p50_over_in_process']:.2f}x | {q['p99_over_in_process']:.2f}x "
-                f"| {q['ours_over_this_p50']:.2f}x | {q['ours_over_this_p99']:.2f}x |"
-            )
-        lines += [
-            "",
+        head = ["path", "n", "p50", "p99", "mean", "p50 / in-process", "p99 / in-process"]
+        head += ["torch-mme / this, p50", "torch-mme / this, p99"]
+        cpu_rows = []
+        for key in keys:
+            c = cpu(result, kind, key)
+            if c:
+                total = sum(v for role, v in c.items() if role != "client")
+                cpu_rows.append(
+                    [LABELS[key], *(f"{c[role]:.0f} µs" if role in c else "" for role in ROLES), f"{total:.0f} µs"]
+                )
+        blocks += [
+            f"### {KIND_TITLE[kind]}",
+            table(head, rows),
             "torch-mme / this, p50 per round (each round measures every path once, seconds apart): "
             + "; ".join(
                 f"{LABELS[k].strip('*')} " + ", ".join(f"{x:.2f}" for x in r[k]["ours_over_this_per_round_p50"])
-                for k in present(result, "latency", kind)
+                for k in keys
                 if k != OURS
             ),
-            "",
-        ]
-        lines += [
             f"CPU time per request at 1 client ({KIND_TITLE[kind]}), from the processes' CPU counters around each "
             "chunk (all threads; Java's JIT and GC included):",
-            "",
-            "| server | " + " | ".join(ROLE_TITLE[r] for r in ROLES) + " | server total |",
-            "|---|" + "---:|" * (len(ROLES) + 1),
+            table(["server", *(ROLE_TITLE[role] for role in ROLES), "server total"], cpu_rows),
         ]
-        for key in present(result, "latency", kind):
-            c = cpu(result, kind, key)
-            if c:
-                total = sum(v for r, v in c.items() if r != "client")
-                lines.append(
-                    f"| {LABELS[key]} | "
-                    + " | ".join(f"{c[r]:.0f} µs" if r in c else "" for r in ROLES)
-                    + f" | {total:.0f} µs |"
-                )
-        lines.append("")
-    lines.append("![invoke latency](peers-latency.png)")
+    blocks.append("![invoke latency](peers-latency.png)")
     if any(not g["pass"] and g["goal"].startswith(("tiny", "compute")) for g in result["goals"]):
-        lines += ["", "### Where the time goes", "", PROFILE]
-    return lines
+        blocks += ["### Where the time goes", PROFILE]
+    return blocks
 
 
-def throughput_section(result: dict[str, Any]) -> list[str]:
+def throughput_section(result: dict[str, Any]) -> list[Block]:
     cfg = result["config"]
     counts = [str(n) for n in cfg["clients"]]
-    lines = [
-        "",
-        f"## 2. Throughput: N clients spread over {cfg['throughput_models']} models, {cfg['duration_s']:g} s per point",
-        "",
+    blocks: list[Block] = [
+        f"## 2. Throughput: N clients spread over {cfg['throughput_models']} models, {cfg['duration_s']:g} s per point"
     ]
     for kind, tp in result["throughput"].items():
         r = result["ratios"]["throughput"][kind]
-        lines += [
-            f"### {KIND_TITLE[kind]}",
-            "",
-            "| server | "
-            + " | ".join(f"{n} client{'s' if n != '1' else ''}" for n in counts)
-            + " | errors | "
-            + " | ".join(f"torch-mme / this at {n}" for n in counts)
-            + f" | p50 / p99 at {counts[-1]} |",
-            "|---|" + "---:|" * (2 * len(counts) + 2),
-        ]
+        head = ["server", *(f"{n} client{'s' if n != '1' else ''}" for n in counts), "errors"]
+        head += [*(f"torch-mme / this at {n}" for n in counts), f"p50 / p99 at {counts[-1]}"]
+        rows = []
         for key in present(result, "throughput", kind):
             points = tp[key]
-            errors = sum(points[n]["errors"] for n in counts)
             last = points[counts[-1]]["latency_ms"]
-            lines.append(
-                f"| {LABELS[key]} | "
-                + " | ".join(f"{points[n]['rps']:.0f}/s" for n in counts)
-                + f" | {errors} | "
-                + " | ".join(f"{r[key][n]:.2f}x" for n in counts)
-                + (f" | {last['p50']:.1f} / {last['p99']:.1f} ms |" if last else " | |")
+            rows.append(
+                [LABELS[key], *(f"{points[n]['rps']:.0f}/s" for n in counts)]
+                + [sum(points[n]["errors"] for n in counts), *(f"{r[key][n]:.2f}x" for n in counts)]
+                + [f"{last['p50']:.1f} / {last['p99']:.1f} ms" if last else ""]
             )
-        lines.append("")
-    lines.append("![throughput](peers-throughput.png)")
-    return lines
+        blocks += [f"### {KIND_TITLE[kind]}", table(head, rows)]
+    blocks.append("![throughput](peers-throughput.png)")
+    return blocks
 
 
-def load_section(result: dict[str, Any]) -> list[str]:
+def load_section(result: dict[str, Any]) -> list[Block]:
     loads = result["loads"]
     kinds = list(result["latency"])
-    lines = [
-        "",
+    head = ["server", *(f"LoadModel p50, {k} (n)" for k in kinds), *(f"torch-mme / this, {k}" for k in kinds)]
+    head += [
+        "tree USS with 1 model",
+        *(f"USS per model, {k}" for k in kinds),
+        *(f"torch-mme / this, {k}" for k in kinds),
+    ]
+    rows = []
+    rl, ru = result["ratios"]["load"], result["ratios"]["uss"]
+    for key in (k for k in ORDER if k in loads):
+        e = loads[key]
+        rows.append(
+            [LABELS[key], *(f"{e['load_ms'][k]['p50']:.0f} ms ({e['load_ms'][k]['n']})" for k in kinds)]
+            + [*(f"{rl[k][key]:.2f}x" for k in kinds), f"{e['tree_uss_mib']['baseline']:.0f} MiB"]
+            + [f"{e['uss_per_model_mib'][k]:.1f} MiB" for k in kinds]
+            + [f"{ru[k][key]:.2f}x" if ru[k][key] is not None else "n/a (~0)" for k in kinds]
+        )
+    return [
         "## 3. LoadModel, cold (a new name each time, one worker), and 4. USS per additional model",
-        "",
         "LoadModel answers once the model is ready to serve. USS is summed over each server's whole process "
         "tree after each load and a settle; per model = median of the increments (the tiny models first, then "
         "the compute-bound ones, each on top of what was loaded before).",
-        "",
-        "| server | "
-        + " | ".join(f"LoadModel p50, {k} (n)" for k in kinds)
-        + " | "
-        + " | ".join(f"torch-mme / this, {k}" for k in kinds)
-        + " | tree USS with 1 model | "
-        + " | ".join(f"USS per model, {k}" for k in kinds)
-        + " | "
-        + " | ".join(f"torch-mme / this, {k}" for k in kinds)
-        + " |",
-        "|---|" + "---:|" * (4 * len(kinds) + 1),
+        table(head, rows),
+        "![LoadModel time](peers-load.png) ![USS per model](peers-uss.png)",
     ]
-    for key in ORDER:
-        if key not in loads:
-            continue
-        e, rl, ru = loads[key], result["ratios"]["load"], result["ratios"]["uss"]
-        lines.append(
-            f"| {LABELS[key]} | "
-            + " | ".join(f"{e['load_ms'][k]['p50']:.0f} ms ({e['load_ms'][k]['n']})" for k in kinds)
-            + " | "
-            + " | ".join(f"{rl[k][key]:.2f}x" for k in kinds)
-            + f" | {e['tree_uss_mib']['baseline']:.0f} MiB | "
-            + " | ".join(f"{e['uss_per_model_mib'][k]:.1f} MiB" for k in kinds)
-            + " | "
-            + " | ".join(f"{ru[k][key]:.2f}x" if ru[k][key] is not None else "n/a (~0)" for k in kinds)
-            + " |"
-        )
-    lines += ["", "![LoadModel time](peers-load.png) ![USS per model](peers-uss.png)"]
-    return lines
 
 
-def endpoint_section(result: dict[str, Any]) -> list[str]:
+def endpoint_section(result: dict[str, Any]) -> list[Block]:
     e = result["endpoint"]
     z, r = e["zipf"], e["ratio"]
     size = "quick" if e["quick"] else "full"
+
+    def both(key: str, spec: str) -> list[str]:
+        return [f"{e[key]['p50']:{spec}} ms", f"{e[key]['p99']:{spec}} ms"]
+
+    rows = [
+        ["cache miss (download + extract + LoadModel + invoke)", *both("miss_ms", ".1f")],
+        ["cache hit, boto3 -> endpoint", *both("hit_boto3_ms", ".2f")],
+        ["cache hit, raw HTTP -> endpoint", *both("hit_raw_http_ms", ".2f")],
+        ["same model straight to serve", *both("hit_direct_ms", ".2f")],
+        ["**miss / hit**", f"**{r['miss_over_hit_p50']:.0f}x**", f"{r['miss_over_hit_p99']:.0f}x"],
+        [
+            "endpoint hit (boto3) / direct",
+            f"{r['endpoint_over_direct_p50']:.2f}x",
+            f"{r['endpoint_over_direct_p99']:.2f}x",
+        ],
+    ]
     return [
-        "",
         "## 5. torch-mme only: the endpoint (`torch-mme endpoint` + `serve`)",
-        "",
         f"From {e['source']} ({size} size, {e['date_utc']}); tiny model, boto3 `invoke_endpoint(TargetModel=...)`.",
-        "",
-        "| figure | p50 | p99 |",
-        "|---|---:|---:|",
-        f"| cache miss (download + extract + LoadModel + invoke) | {e['miss_ms']['p50']:.1f} ms "
-        f"| {e['miss_ms']['p99']:.1f} ms |",
-        f"| cache hit, boto3 -> endpoint | {e['hit_boto3_ms']['p50']:.2f} ms | {e['hit_boto3_ms']['p99']:.2f} ms |",
-        f"| cache hit, raw HTTP -> endpoint | {e['hit_raw_http_ms']['p50']:.2f} ms "
-        f"| {e['hit_raw_http_ms']['p99']:.2f} ms |",
-        f"| same model straight to serve | {e['hit_direct_ms']['p50']:.2f} ms | {e['hit_direct_ms']['p99']:.2f} ms |",
-        f"| **miss / hit** | **{r['miss_over_hit_p50']:.0f}x** | {r['miss_over_hit_p99']:.0f}x |",
-        f"| endpoint hit (boto3) / direct | {r['endpoint_over_direct_p50']:.2f}x "
-        f"| {r['endpoint_over_direct_p99']:.2f}x |",
-        "",
+        table(["figure", "p50", "p99"], rows),
         f"Zipf(1.1) over {z['models']} models, {z['sent']} requests, one client, memory for {z['capacity']} models: "
         f"hit ratio **{z['hit_ratio']:.3f}** vs. {z['ideal_lru_hit_ratio']:.3f} for an ideal LRU of the same "
         f"capacity (ratio {z['hit_ratio'] / z['ideal_lru_hit_ratio']:.2f}x), {z['errors']} errors, at most "
         f"{z['max_loaded']} models loaded; hit p50 {z['latency_hit_ms']['p50']:.2f} ms, miss p50 "
         f"{z['latency_miss_ms']['p50']:.0f} ms.",
-        "",
         "![endpoint](peers-endpoint.png)",
     ]

@@ -1,6 +1,6 @@
-"""The example models of ``examples/*.py``, built by the scripts, packed, extracted and served by a real server.
+"""The example models of ``examples/<name>/``, built by their scripts, packed, extracted and served by a real server.
 
-Each script runs as a user would run it (``python examples/X.py --out DIR``); its archive is extracted
+Each script runs as a user would run it (``python examples/<name>/build.py --out DIR``); its archive is extracted
 the way SageMaker does it (``<root>/<name>/model``) and loaded into ``torch-mme serve``; the answers are
 compared with the same models run in this process (and, for the text model, with ``transformers`` run
 directly in a plain Python process). The server installs each model's ``code/requirements.txt`` into a
@@ -36,10 +36,8 @@ from torch_mme.tools.local_server import LocalServer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = {
-    examples.REGRESSOR_NAME: "tabular_regression.py",
-    examples.CLASSIFIER_NAME: "image_classifier.py",
-    examples.SAFETENSORS_NAME: "safetensors_model.py",
-    examples.EMBEDDINGS_NAME: "text_embeddings.py",
+    name: f"examples/{name}/build.py"
+    for name in (examples.REGRESSOR_NAME, examples.CLASSIFIER_NAME, examples.SAFETENSORS_NAME, examples.EMBEDDINGS_NAME)
 }
 SKIPPED: dict[str, str] = {}
 """Examples whose script said something it needs is not installed: their tests skip with its message."""
@@ -60,7 +58,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
     started = time.perf_counter()
     runs = {
         name: subprocess.Popen(
-            [sys.executable, str(REPO / "examples" / script), "--out", str(out)],
+            [sys.executable, str(REPO / script), "--out", str(out)],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

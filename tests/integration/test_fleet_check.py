@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.fleet import check_against_endpoint
+from tests.support.fleet_check import check_against_endpoint
 
 
 def test_one_simulated_instance_hits_and_evicts_as_the_real_endpoint_does(tmp_path):

@@ -56,6 +56,25 @@ def test_a_model_loads_and_answers_through_the_template(tmp_path):
         assert template.is_running()
 
 
+def test_the_process_mms_watches_waits_as_a_small_shell_and_forwards_sigterm(tmp_path):
+    """Once the fork is made, the launcher MMS started becomes waiter.sh: one per resident model, so its
+    private memory is paid a thousand times; it must still name the model and pass SIGTERM on."""
+    write_torchscript(tmp_path / "fast" / "model")
+    with LocalServer(str(tmp_path)) as server:
+        assert server.load("fast", str(tmp_path / "fast" / "model"))[0] == 200
+        assert server.invoke("fast", b"[[1, 2, 3]]", "application/json")[0] == 200
+        java = next(p for p in processes.tree(server.process.pid) if p.name() == "java")
+        [watched] = [p for p in processes.model_processes(server.process.pid, "fast") if p.ppid() == java.pid]
+        args = watched.cmdline()
+        assert args[0] == "/bin/sh" and args[1].endswith("waiter.sh"), args
+        assert watched.memory_full_info().uss < 2**20, watched.memory_full_info()
+        template = template_of(server)
+        [forked] = [p for p in processes.model_processes(server.process.pid, "fast") if p.ppid() == template.pid]
+        watched.send_signal(signal.SIGTERM)
+        psutil.wait_procs([forked], timeout=10)
+        assert not forked.is_running(), "SIGTERM to the watched process did not reach the model's server"
+
+
 def test_two_models_forked_from_the_template_share_no_state(tmp_path):
     for name in ("one", "two"):
         write_script_model(tmp_path / name / "model", STATE_PROBE)

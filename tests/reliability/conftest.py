@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from bench.common import KeepAliveClient as Client  # noqa: F401 - the tests' HTTP client
-from bench.common import json_error_problem
 from tests.integration.conftest import descendants, write_script_model, write_torchscript  # noqa: F401
+from tests.support.http import KeepAliveClient as Client  # noqa: F401 - the tests' HTTP client
+from tests.support.http import json_error_problem
 from torch_mme.runtime import processes
 from torch_mme.tools.local_server import LocalServer
 

@@ -1,11 +1,11 @@
-"""Load with churn, 1 minute (bench/soak.py: what runs and what is checked; ``python -m bench --only soak``: 5 min)."""
+"""Load with churn, 1 minute (tests/support/soak.py: what runs and is checked; `python -m bench --only soak`: 5 min)."""
 
 from __future__ import annotations
 
 import os
 
-from bench import soak
 from tests.reliability.conftest import record
+from tests.support import soak
 
 SOAK_S = float(os.environ.get("TORCH_MME_SOAK_S", "60"))
 WARM_UP_S = 15.0

@@ -34,14 +34,14 @@ def npy(array: np.ndarray) -> bytes:
 MEASURE = """
 import json, resource, sys, time
 from handler import codecs
-from torch_mme.errors import HandlerError
+from torch_mme.errors import ServingError
 body = open(sys.argv[1], "rb").read()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 started = time.monotonic()
 try:
     decoded = codecs.decode(body, sys.argv[2])
     outcome = {"status": 200}
-except HandlerError as exc:
+except ServingError as exc:
     outcome = {"status": exc.status, "message": str(exc)}
 outcome["seconds"] = time.monotonic() - started
 outcome["peak_growth_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024

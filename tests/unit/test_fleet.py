@@ -1,12 +1,12 @@
-"""The fleet simulator (bench/fleet.py): determinism, cold misses, LRU order, routing, errors, CLI."""
+"""The fleet simulator (torch_mme/tools/fleet.py): determinism, cold misses, LRU order, routing, errors, CLI."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bench import fleet
-from bench.fleet import Costs, Fleet, ModelTooBig, Stream, simulate, summary, zipf_stream
+from torch_mme.tools import fleet
+from torch_mme.tools.fleet import Costs, Fleet, ModelTooBig, Stream, simulate, summary, zipf_stream
 
 COSTS = Costs(
     invoke_ms=2.0,

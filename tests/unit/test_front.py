@@ -104,7 +104,10 @@ def test_load_model_answers(world):
         ),
         (b'{"model_name": "b", "url": "s3://bucket/b"}', (400, "BadRequest", None)),
         (b'{"model_name": "b", "url": "../../etc"}', (400, "ModelOutsideRoot", None)),
-        (b'{"model_name": "b", "url": "missing"}', (404, "ModelNotFound", "model directory missing does not exist")),
+        (
+            b'{"model_name": "b", "url": "missing"}',
+            (404, "ModelNotFoundException", "model directory missing does not exist"),
+        ),
     ]
     for payload, (status, kind, message) in cases:
         got = error(world.call("POST", "/models", payload))
@@ -119,7 +122,7 @@ def test_load_model_refused_by_memory_or_failed_in_the_handler(tmp_path):
     world = World(tmp_path, memory_budget_mb=150)
     world.model("big", {"memory_mb": 200})
     status, kind, message = error(world.load("big"))
-    assert (status, kind) == (507, "InsufficientMemory") and "needs about 200 MB and 150 MB are free" in message
+    assert (status, kind) == (507, "OutOfMemory") and "needs about 200 MB and 150 MB are free" in message
     world.model("broken")
     report = {"code": 500, "type": "ModelLoadError", "message": "model_fn raised KeyError: 'weights'"}
     world.mms.register_answers["broken"] = [(500, report)]

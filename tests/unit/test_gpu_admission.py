@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -21,20 +19,15 @@ def gpu_with_free_memory(monkeypatch):
     return set_free
 
 
-def declared(tmp_path, memory_mb: float) -> str:
-    (tmp_path / "torch-mme.json").write_text(json.dumps({"memory_mb": memory_mb}))
-    return str(tmp_path)
-
-
 def test_a_model_that_does_not_fit_the_gpu_is_refused_with_the_figures(tmp_path, gpu_with_free_memory):
     gpu_with_free_memory(1000)
     with pytest.raises(OutOfMemory, match=r"needs about 900 MB of GPU memory and cuda:1 has 1000 MB free"):
-        device.admit(declared(tmp_path, 900), torch.device("cuda", 1), headroom_mb=256)
+        device.admit(str(tmp_path), torch.device("cuda", 1), headroom_mb=256, memory_mb=900)
 
 
 def test_a_model_that_fits_the_gpu_is_admitted(tmp_path, gpu_with_free_memory):
     gpu_with_free_memory(1000)
-    device.admit(declared(tmp_path, 500), torch.device("cuda", 0), headroom_mb=256)
+    device.admit(str(tmp_path), torch.device("cuda", 0), headroom_mb=256, memory_mb=500)
 
 
 def test_weights_are_estimated_from_the_artifact_when_nothing_is_declared(tmp_path, gpu_with_free_memory):
@@ -48,5 +41,4 @@ def test_weights_are_estimated_from_the_artifact_when_nothing_is_declared(tmp_pa
 
 def test_cpu_models_are_not_checked_against_gpu_memory(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev=None: pytest.fail("queried the GPU for a CPU model"))
-    device.admit(declared(tmp_path, 10**6), torch.device("cpu"), headroom_mb=0)
-    device.release(torch.device("cpu"))
+    device.admit(str(tmp_path), torch.device("cpu"), headroom_mb=0, memory_mb=10**6)

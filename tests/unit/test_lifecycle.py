@@ -58,7 +58,9 @@ def record(tmp_path: Path, name: str, memory_mb: int = 100) -> ModelRecord:
     """A LoadModel's record for a model folder that declares ``memory_mb``."""
     folder = tmp_path / "models" / name
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "torch-mme.json").write_text(json.dumps({"memory_mb": memory_mb}))
+    config, text = folder / "torch-mme.json", json.dumps({"memory_mb": memory_mb})
+    if not config.exists() or config.read_text() != text:  # never rewritten under a load's estimate thread
+        config.write_text(text)
     return ModelRecord(name, str(folder), 0, config=model_config.read(str(folder)))
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from torch_mme.memory import MIB, Footprint, MemoryReading, estimate_weights, read_memory
+from torch_mme.memory import LOAD_FACTOR, MIB, Footprint, MemoryReading, estimate, estimate_weights, read_memory
 
 GIB = 2**30
 KB = 1024
@@ -186,7 +186,6 @@ def test_torchscript_counts_its_storages(tmp_path):
     torch.jit.script(big_linear()).save(str(folder / "model.pt"))
     footprint = estimate_weights(str(folder))
     assert footprint.weights_bytes == pytest.approx(LINEAR_BYTES, rel=0.01)
-    assert footprint.declared_bytes is None
     assert footprint.detail.startswith("model.pt: 2 tensors, 3.8 MiB (TorchScript)")
     assert "\n" not in footprint.detail
 
@@ -303,38 +302,23 @@ def test_declared_memory_wins_and_weights_are_still_counted(tmp_path):
     folder = model_dir(tmp_path)
     torch.save(big_linear().state_dict(), folder / "model.pth")
     (folder / "torch-mme.json").write_text(json.dumps({"memory_mb": 512}))
-    footprint = estimate_weights(str(folder))
-    assert footprint.declared_bytes == 512 * MIB
-    assert footprint.weights_bytes == pytest.approx(LINEAR_BYTES, rel=0.01)
-    assert "torch-mme.json declares 512 MiB" in footprint.detail
+    assert estimate_weights(str(folder)).weights_bytes == pytest.approx(LINEAR_BYTES, rel=0.01)  # not the config
+    declared = estimate(str(folder), memory_mb=512, overhead_bytes=100 * MIB)
+    assert declared.bytes == 512 * MIB  # the owner's word, overhead included
+    assert "model.pth" in declared.detail and declared.detail.endswith("torch-mme.json declares 512 MiB")
+
+
+def test_without_a_declaration_the_estimate_is_the_overhead_and_the_weights_with_their_load_copies(tmp_path):
+    folder = model_dir(tmp_path)
+    (folder / "weights.npy").write_bytes(bytes(1000))
+    (folder / "torch-mme.json").write_text('{"batch_size": 4}')  # the model's config, not its weights
+    assert estimate_weights(str(folder)).weights_bytes == 1000
+    assert estimate(str(folder), None, overhead_bytes=40 * MIB).bytes == 40 * MIB + int(1000 * LOAD_FACTOR)
+    assert estimate(str(folder)).bytes == int(1000 * LOAD_FACTOR)
 
 
 def test_a_fractional_declaration_rounds_up(tmp_path):
-    folder = model_dir(tmp_path)
-    (folder / "torch-mme.json").write_text('{"memory_mb": 0.5}')
-    assert estimate_weights(str(folder)).declared_bytes == MIB // 2
-
-
-@pytest.mark.parametrize(
-    "content",
-    ["not json", "[512]", '{"memory_mb": "512"}', '{"memory_mb": 0}', '{"memory_mb": -5}', '{"memory_mb": true}'],
-)
-def test_a_malformed_declaration_is_ignored(tmp_path, content):
-    folder = model_dir(tmp_path)
-    (folder / "torch-mme.json").write_text(content)
-    (folder / "weights.npy").write_bytes(bytes(1000))
-    footprint = estimate_weights(str(folder))
-    assert footprint.declared_bytes is None
-    assert footprint.weights_bytes == 1000
-    assert "torch-mme.json ignored" in footprint.detail
-
-
-def test_a_config_without_memory_mb_declares_nothing_and_says_nothing(tmp_path):
-    folder = model_dir(tmp_path)
-    (folder / "torch-mme.json").write_text('{"batch_size": 4}')
-    footprint = estimate_weights(str(folder))
-    assert footprint.declared_bytes is None
-    assert "torch-mme.json" not in footprint.detail
+    assert estimate(str(model_dir(tmp_path)), memory_mb=0.5).bytes == MIB // 2
 
 
 def test_other_files_count_their_size_and_the_code_folder_is_skipped(tmp_path):
@@ -421,12 +405,12 @@ def test_detail_names_the_largest_files_only(tmp_path):
 
 
 def test_a_missing_dir_has_no_footprint(tmp_path):
-    assert estimate_weights(str(tmp_path / "missing")) == Footprint(0, None, f"{tmp_path / 'missing'}: not a directory")
+    assert estimate_weights(str(tmp_path / "missing")) == Footprint(0, f"{tmp_path / 'missing'}: not a directory")
 
 
 def test_an_empty_dir(tmp_path):
     footprint = estimate_weights(str(model_dir(tmp_path)))
-    assert footprint == Footprint(0, None, "total 0 B in 0 files")
+    assert footprint == Footprint(0, "total 0 B in 0 files")
 
 
 def test_admission_without_a_readable_memory_source_relies_on_the_budget(tmp_path):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from handler.model_config import InvalidModelConfig, ModelConfig, WarmupRequest, read
+from handler.model_config import InvalidModelConfig, ModelConfig, WarmupRequest, memory_mb, read
 
 
 def write(folder, content) -> str:
@@ -107,3 +107,15 @@ def test_a_config_outside_the_model_or_too_large_is_refused(tmp_path):
         read(str(tmp_path / "m"))
     with pytest.raises(InvalidModelConfig, match="larger than"):
         read(write(tmp_path / "big", {"memory_mb": 1, "pad": "x" * 70000}))
+
+
+def test_memory_mb_alone_is_read_as_read_reads_it(tmp_path):
+    assert memory_mb(str(tmp_path)) is None  # no torch-mme.json
+    (tmp_path / "torch-mme.json").write_text('{"memory_mb": 900, "warmup": [{"file": "missing.npy"}]}')
+    assert memory_mb(str(tmp_path)) == 900.0  # the warm-up files are not read for it
+    (tmp_path / "torch-mme.json").write_text('{"batch_size": 4}')
+    assert memory_mb(str(tmp_path)) is None
+    for content in ("not json", "[512]", '{"memory_mb": "512"}', '{"memory_mb": 0}', '{"memory_mb": true}'):
+        (tmp_path / "torch-mme.json").write_text(content)
+        with pytest.raises(InvalidModelConfig):
+            memory_mb(str(tmp_path))

@@ -191,6 +191,25 @@ def test_an_import_error_is_a_problem(tmp_path: Path):
     assert "ModuleNotFoundError" in problem and "not_installed_anywhere" in problem
 
 
+def test_the_script_imports_its_helpers_but_not_the_probes_neighbours(tmp_path: Path):
+    # the probe runs as a script from torch_mme/tools/: that folder must not stand in for the user's imports
+    src = model_dir(
+        tmp_path,
+        "m",
+        {
+            "model.pt": b"x",
+            "code/helper.py": "VALUE = 1\n",
+            "code/inference.py": "import helper\nimport local_server\n\ndef input_fn(body, content_type):\n    pass\n",
+        },
+    )
+
+    (problem,) = validate(str(src))
+
+    assert "ModuleNotFoundError" in problem and "local_server" in problem, problem
+    (src / "code" / "inference.py").write_text("import helper\n\ndef input_fn(body, content_type):\n    pass\n")
+    assert validate(str(src)) == []
+
+
 def test_an_import_that_exits_the_process_is_a_problem(tmp_path: Path):
     src = model_dir(tmp_path, "m", {"model.pt": b"x", "code/inference.py": "import os\nos._exit(3)\n"})
 

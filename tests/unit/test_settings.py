@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import ast
 import dataclasses
+from pathlib import Path
 
 import pytest
 
-from torch_mme.settings import Settings
+from torch_mme import settings
+from torch_mme.settings import Settings, readme_table, shown_default
 
 
 def test_from_env_of_an_empty_environment_is_the_defaults():
@@ -151,3 +155,75 @@ def test_an_unknown_eviction_mode_is_refused():
 
     with pytest.raises(ValueError, match="TORCH_MME_EVICTION"):
         Settings.from_env({"TORCH_MME_EVICTION": "random"})
+
+
+def test_the_readme_lists_every_setting_with_its_default():
+    """The README's table is ``readme_table()`` (regenerate it with ``python -m torch_mme.settings``)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    begin, end = "<!-- settings table: begin -->\n", "<!-- settings table: end -->"
+    table = readme[readme.index(begin) + len(begin) : readme.index(end)]
+    assert table == readme_table()
+    for f in dataclasses.fields(Settings):  # the table is built from the fields: each is in it, with its default
+        assert f"| {', '.join(f'`{n}`' for n in f.metadata['env'])} |" in table
+        assert f"`{shown_default(f)}`" in table
+
+
+def test_every_setting_has_a_variable_and_a_description():
+    names = [name for f in dataclasses.fields(Settings) for name in f.metadata["env"]]
+    assert len(names) == len(set(names))  # each variable is named once
+    assert all(f.metadata["doc"] for f in dataclasses.fields(Settings))
+
+
+def test_serve_flags_come_from_the_settings():
+    from torch_mme import cli
+
+    parser = argparse.ArgumentParser()
+    cli._serve_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", "--timeout", "7", "--evict", "lru", "--allow-unsafe-pickle"])
+    changed = Settings().with_overrides(**{k: v for k, v in vars(args).items() if k != "command"})
+    assert (changed.timeout_s, changed.eviction, changed.allow_unsafe_pickle) == (7, "lru", True)
+    flagged = [f for f in dataclasses.fields(Settings) if f.metadata["flag"]]
+    help_text = parser._subparsers._group_actions[0].choices["serve"].format_help()
+    for f in flagged:
+        assert f.metadata["flag"] in help_text and f.metadata["env"][0] in help_text
+
+
+def test_the_launcher_reads_the_template_socket_settings_names():
+    from torch_mme.runtime import launcher
+
+    assert launcher.SOCKET_ENV == settings.TEMPLATE_SOCKET
+
+
+ROOT = Path(__file__).resolve().parents[2]
+NOT_YET = {
+    "torch_mme/runtime/launcher.py": "forwards its whole environment to the template: it imports built-ins only",
+}
+"""Modules that read the environment themselves, and why."""
+
+
+def _environment_reads(path: Path) -> list[int]:
+    """Lines of ``path`` that read ``os.environ`` (or call ``os.getenv``): anything but writing to it."""
+    tree = ast.parse(path.read_text())
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr == "getenv":
+            lines.append(node.lineno)
+        if not (isinstance(node, ast.Attribute) and node.attr == "environ"):
+            continue
+        parent = parents.get(node)
+        writes = (isinstance(parent, ast.Attribute) and parent.attr in ("update", "clear", "setdefault", "pop")) or (
+            isinstance(parent, ast.Subscript) and isinstance(parent.ctx, ast.Store)
+        )
+        if not writes:
+            lines.append(node.lineno)
+    return lines
+
+
+def test_only_settings_reads_the_environment():
+    sources = [p for folder in ("torch_mme", "handler", "container") for p in sorted((ROOT / folder).rglob("*.py"))]
+    reads = {
+        str(p.relative_to(ROOT)): lines for p in sources if (lines := _environment_reads(p)) and p.name != "settings.py"
+    }
+    assert {k: v for k, v in reads.items() if k not in NOT_YET} == {}
+    assert set(NOT_YET) <= set(reads), "a module no longer reads the environment: drop it from NOT_YET"

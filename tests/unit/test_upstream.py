@@ -118,3 +118,134 @@ def test_bodies_mms_would_split_into_fields_and_unsafe_values_are_refused_before
         assert response.status == status, (headers, query, response.body)
         assert json.loads(response.body)["code"] == status
     assert upstream.calls == []
+
+
+# --- the client's HTTP/1.1 against a real asyncio Unix-socket server ------------------------------------------
+
+
+class ScriptedMMS:
+    """A Unix-socket server that reads whole requests and answers each with the next scripted reply.
+
+    A reply is raw bytes, then what to do with the connection: ``"keep"`` (wait for the next request),
+    ``"close"`` (close it after the reply). ``connections`` counts accepted connections; ``requests`` records
+    (connection number, request line, body).
+    """
+
+    def __init__(self, path: str, replies: list[tuple[bytes, str]]) -> None:
+        self.path = path
+        self.replies = list(replies)
+        self.connections = 0
+        self.requests: list[tuple[int, str, bytes]] = []
+        self.server: asyncio.AbstractServer | None = None
+
+    async def __aenter__(self) -> ScriptedMMS:
+        self.server = await asyncio.start_unix_server(self._serve, self.path)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        number = self.connections
+        try:
+            while self.replies:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    return  # the client closed it
+                lines = head.decode("latin-1").split("\r\n")
+                length = next(int(v) for k, _, v in (x.partition(": ") for x in lines) if k.lower() == "content-length")
+                self.requests.append((number, lines[0], await reader.readexactly(length)))
+                reply, then = self.replies.pop(0)
+                writer.write(reply)
+                await writer.drain()
+                if then == "close":
+                    return
+        finally:
+            writer.close()
+
+
+def ok(body: bytes, extra: str = "") -> bytes:
+    return f"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body
+
+
+def talk(path: str, replies: list[tuple[bytes, str]], calls: int, timeout: float = 30.0):
+    """``calls`` invokes, one after the other, through one ``Upstream``; (results or exceptions, server, pool)."""
+
+    async def run():
+        async with ScriptedMMS(path, replies) as mms:
+            upstream = Upstream(path)
+            results = []
+            try:
+                for i in range(calls):
+                    try:
+                        # the hang guard: a client that waits for bytes that never come fails the test here
+                        results.append(
+                            await asyncio.wait_for(
+                                upstream.request("POST", "/models/m/invoke", body=f"[{i}]".encode(), timeout=timeout),
+                                10,
+                            )
+                        )
+                    except UpstreamError as exc:
+                        results.append(exc)
+                    await asyncio.sleep(0.05)  # a closed connection's end reaches the client while it is pooled
+                return results, mms, len(upstream._idle)
+            finally:
+                upstream.close()
+
+    return asyncio.run(run())
+
+
+def test_a_chunked_answer_is_joined_with_extensions_and_trailers_and_the_connection_reused(tmp_path):
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"4;ext=1\r\n[1, \r\n"
+        b"A\r\n2, 3, 4, 5\r\n"
+        b"1\r\n]\r\n"
+        b"0\r\nX-Trailer: t\r\n\r\n"
+    )
+    results, mms, pooled = talk(str(tmp_path / "mms.sock"), [(chunked, "keep"), (ok(b"second"), "keep")], 2)
+    first, second = results
+    assert first.status == 200 and first.body == b"[1, 2, 3, 4, 5]"
+    assert dict(first.headers) == {"Content-Type": "application/json"}  # no Transfer-Encoding passed on
+    assert second.body == b"second"
+    assert mms.connections == 1 and pooled == 1  # both on one kept-alive connection
+    assert [line for _, line, _ in mms.requests] == ["POST /models/m/invoke HTTP/1.1"] * 2
+
+
+def test_a_pooled_connection_mms_closed_is_replaced_and_the_request_sent_once_more(tmp_path):
+    # MMS answers with keep-alive and then closes the idle connection: the next request finds it dead
+    results, mms, pooled = talk(str(tmp_path / "mms.sock"), [(ok(b"one"), "close"), (ok(b"two"), "keep")], 2)
+    assert [r.body for r in results] == [b"one", b"two"]
+    assert mms.connections == 2 and pooled == 1
+    assert [(n, body) for n, _, body in mms.requests] == [(1, b"[0]"), (2, b"[1]")]  # MMS saw each request once
+
+
+def test_an_answer_without_length_is_read_to_the_end_and_its_connection_not_pooled(tmp_path):
+    to_eof = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n" + b"x" * 100_000
+    results, mms, pooled = talk(str(tmp_path / "mms.sock"), [(to_eof, "close"), (ok(b"next"), "keep")], 2)
+    assert results[0].status == 200 and results[0].body == b"x" * 100_000
+    assert results[1].body == b"next"
+    assert mms.connections == 2 and pooled == 1  # the first connection was not kept
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        ok(b"0123456789")[:-4],  # fewer bytes than its Content-Length
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nonly-part",  # a chunk cut short
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n",  # no last chunk
+        b"HTTP/1.1 200 OK\r\nContent-Le",  # the head cut short
+    ],
+    ids=["content-length", "chunk", "last-chunk", "head"],
+)
+def test_an_answer_cut_short_is_an_error_not_a_hang_and_is_not_sent_again(tmp_path, cut):
+    # the first request pools a connection; MMS cuts its answer to the second on it short and closes
+    replies = [(ok(b"one"), "keep"), (cut, "close"), (ok(b"never"), "keep")]
+    results, mms, _ = talk(str(tmp_path / "mms.sock"), replies, 2)
+    assert results[0].body == b"one"
+    assert isinstance(results[1], UpstreamError) and not isinstance(results[1], UpstreamTimeout)
+    assert "connection failed" in str(results[1])
+    assert len(mms.requests) == 2  # MMS may have run it: not sent a second time

@@ -22,7 +22,9 @@ MAX_PAYLOAD_BYTES = 6 * 2**20  # InvokeEndpoint's limit
 
 
 def error_response(error: EndpointError) -> web.Response:
-    return web.json_response(error.body(), status=error.status, headers={"x-amzn-ErrorType": error.kind})
+    return web.json_response(
+        text=error.body().decode(), status=error.status, headers={"x-amzn-ErrorType": error.type_name}
+    )
 
 
 def make_app(router: Router, metrics: Metrics) -> web.Application:
@@ -64,8 +66,8 @@ def make_app(router: Router, metrics: Metrics) -> web.Application:
 
 
 def _failed(metrics: Metrics, error: EndpointError, status: int | None = None) -> web.Response:
-    metrics.count("InvocationErrors", type=error.kind)
-    log.info("invocation failed (%s): %s", error.kind, error)
+    metrics.count("InvocationErrors", type=error.type_name)
+    log.info("invocation failed (%s): %s", error.type_name, error)
     response = error_response(error)
     if status is not None:
         response.set_status(status)

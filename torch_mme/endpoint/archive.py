@@ -162,7 +162,7 @@ def _extract_into(archive_path: str, root: str, max_bytes: int, max_members: int
             where = reader.member if count else "not a tar archive"
             raise CorruptArchive(f"{where}: {exc}") from None
     for name in symlinks:  # a later link can change where an earlier one points
-        if _resolve(root, name.split("/"), follow_last=True) is None:
+        if _resolve(root, name.split("/")) is None:
             target = os.readlink(os.path.join(root, name))
             raise UnsafeArchive(f"{name}: symlink to {target!r} leads outside the folder")
     return total
@@ -192,7 +192,7 @@ def _check_member(member: tarfile.TarInfo, root: str, kinds: dict[str, str]) -> 
     kind = "dir" if member.isdir() else "symlink" if member.issym() else "hardlink" if member.islnk() else "file"
     if name in kinds and not (kind == "dir" and kinds[name] == "dir"):
         raise UnsafeArchive(f"{raw}: the archive holds {name} twice")
-    parent = _resolve(root, parts[:-1], follow_last=True)
+    parent = _resolve(root, parts[:-1])
     if parent is None:
         raise UnsafeArchive(f"{raw}: its folder leads outside the extraction folder through a symlink")
     if parent and os.path.lexists(os.path.join(root, *parent)) and not os.path.isdir(os.path.join(root, *parent)):
@@ -207,7 +207,7 @@ def _check_member(member: tarfile.TarInfo, root: str, kinds: dict[str, str]) -> 
             raise UnsafeArchive(f"{raw}: hardlink to {target!r} outside the folder")
         if kinds.get("/".join(target_parts)) != "file":
             raise UnsafeArchive(f"{raw}: hardlink to {target!r}, which is not an earlier regular member")
-    elif _resolve(root, parts, follow_last=True) is None:
+    elif _resolve(root, parts) is None:
         raise UnsafeArchive(f"{raw}: would be written outside the folder through a symlink")
     for i in range(1, len(parts)):
         kinds.setdefault("/".join(parts[:i]), "dir")
@@ -221,11 +221,11 @@ def _check_symlink(member: tarfile.TarInfo, root: str, parts: list[str]) -> None
         raise UnsafeArchive(f"{member.name}: symlink with an empty target or a NUL in it")
     if target.startswith("/") or os.path.isabs(target):
         raise UnsafeArchive(f"{member.name}: symlink to the absolute path {target!r}")
-    if _resolve(root, [*parts[:-1], *target.split("/")], follow_last=True) is None:
+    if _resolve(root, [*parts[:-1], *target.split("/")]) is None:
         raise UnsafeArchive(f"{member.name}: symlink to {target!r} leads outside the folder")
 
 
-def _resolve(root: str, parts: list[str], follow_last: bool) -> list[str] | None:
+def _resolve(root: str, parts: list[str]) -> list[str] | None:
     """Where ``parts`` lead inside ``root`` following the symlinks already on disk, as the kernel would; None if out.
 
     Walks component lists rather than calling ``os.path.realpath``, which
@@ -244,9 +244,6 @@ def _resolve(root: str, parts: list[str], follow_last: bool) -> list[str] | None
                 return None
             resolved.pop()
             continue
-        if not pending and not follow_last:
-            resolved.append(part)
-            break
         path = os.path.join(root, *resolved, part)
         try:
             is_link = stat.S_ISLNK(os.lstat(path).st_mode)

@@ -12,17 +12,11 @@ import contextlib
 import logging
 import os
 import shutil
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+
+from torch_mme.endpoint.lru import LRU
 
 log = logging.getLogger("torch_mme.endpoint.cache")
-
-
-@dataclass
-class Entry:
-    size: int
-    last_used: float = field(default_factory=time.monotonic)
 
 
 def folder_size(path: str) -> int:
@@ -35,15 +29,23 @@ def folder_size(path: str) -> int:
 
 
 class DiskCache:
+    """Artifacts' sizes in least-recently-used order, with their total kept as they come and go.
+
+    Every operation is O(1) but the choice of what to delete, which looks only
+    at the oldest entries (and those ``keep`` protects on the way): a miss costs
+    the same with ten artifacts on disk or ten thousand.
+    """
+
     def __init__(self, root: str, budget_bytes: int) -> None:
         self.root = os.path.abspath(root)
         self.budget_bytes = budget_bytes
-        self.entries: dict[str, Entry] = {}
+        self.entries: LRU[str, int] = LRU()
+        self._used = 0
         os.makedirs(self.root, exist_ok=True)
-        for name in sorted(os.listdir(self.root)):
+        for name in sorted(os.listdir(self.root)):  # found from an earlier run: older than anything used since
             model_dir = self.model_dir(name)
             if os.path.isdir(model_dir) and not name.startswith("."):
-                self.entries[name] = Entry(folder_size(model_dir), last_used=0.0)
+                self.add(name, folder_size(model_dir))
 
     def model_dir(self, name: str) -> str:
         return os.path.join(self.root, name, "model")
@@ -52,39 +54,44 @@ class DiskCache:
         return name in self.entries
 
     def used_bytes(self) -> int:
-        return sum(e.size for e in self.entries.values())
+        return self._used
 
     def touch(self, name: str) -> None:
-        if name in self.entries:
-            self.entries[name].last_used = time.monotonic()
+        self.entries.touch(name)
 
     def add(self, name: str, size: int) -> None:
-        self.entries[name] = Entry(size)
+        self._used += size - (self.entries.get(name) or 0)
+        self.entries.put(name, size)
+
+    def _delete(self, name: str) -> int:
+        size = self.entries.pop(name) or 0
+        self._used -= size
+        shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+        return size
 
     def delete_least_recently_used(self, keep: Callable[[str], bool]) -> str | None:
         """Delete the least recently used artifact ``keep`` does not protect (the disk is full); None when none is."""
-        for name in sorted(self.entries, key=lambda n: self.entries[n].last_used):
-            if not keep(name):
-                self.entries.pop(name)
-                shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
-                return name
-        return None
+        name = self.entries.oldest(keep)
+        if name is not None:
+            self._delete(name)
+        return name
 
     def make_room(self, incoming: int, keep: Callable[[str], bool]) -> list[str]:
         """Delete least-recently-used artifacts (those ``keep`` does not protect) until ``incoming`` more fit."""
-        deleted = []
-        for name in sorted(self.entries, key=lambda n: self.entries[n].last_used):
-            if self.used_bytes() + incoming <= self.budget_bytes:
+        excess = self._used + incoming - self.budget_bytes
+        victims: list[str] = []
+        for name in self.entries:  # chosen first, deleted after: the order may not change while it is read
+            if excess <= 0:
                 break
-            if keep(name):
-                continue
-            size = self.entries.pop(name).size
-            shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
-            deleted.append(name)
+            if not keep(name):
+                victims.append(name)
+                excess -= self.entries[name]
+        for name in victims:
+            size = self._delete(name)
             log.info(
                 "deleted cached artifact %s (%.1f MB) to stay within %.0f MB",
                 name,
                 size / 2**20,
                 self.budget_bytes / 2**20,
             )
-        return deleted
+        return victims

@@ -17,12 +17,13 @@ import logging
 import os
 import posixpath
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch_mme.endpoint import archive
 from torch_mme.endpoint.cache import DiskCache
 from torch_mme.endpoint.container import Container, ContainerUnavailable, Reply
 from torch_mme.endpoint.errors import ModelError, ModelNotReady, ServiceUnavailable, ValidationError
+from torch_mme.endpoint.lru import LRU
 from torch_mme.endpoint.metrics import Metrics
 from torch_mme.endpoint.naming import model_name
 from torch_mme.endpoint.store import ArtifactNotFound, InvalidTarget, ModelStore, StoreError, check_target
@@ -42,10 +43,9 @@ def _microseconds(started: float) -> float:
 
 @dataclass
 class Loaded:
-    """A model the container has loaded for us."""
+    """A model the container has loaded for us (``Router.loaded`` keeps them in least-recently-used order)."""
 
     target: str
-    last_used: float = field(default_factory=time.monotonic)
     in_flight: int = 0
 
 
@@ -69,7 +69,7 @@ class Router:
         self.endpoint_name = endpoint_name
         self.max_wait_s = max_wait_s
         self.max_extracted_bytes = max_extracted_bytes
-        self.loaded: dict[str, Loaded] = {}
+        self.loaded: LRU[str, Loaded] = LRU()
         self._loading: dict[str, asyncio.Task[None]] = {}
 
     async def invoke(self, target: str, body: bytes, headers: dict[str, str]) -> Reply:
@@ -114,7 +114,7 @@ class Router:
         finally:
             if entry is not None:
                 entry.in_flight -= 1
-                entry.last_used = time.monotonic()
+                self.loaded.touch(name)
                 self.cache.touch(name)
 
     async def _wait_loaded(self, target: str, name: str) -> None:
@@ -199,7 +199,7 @@ class Router:
                 raise ServiceUnavailable(str(exc)) from None
             if reply.status in (200, 409):  # 409: it is loaded already (e.g. after our own restart)
                 self.metrics.observe("ModelLoadingTime", _microseconds(started), target)
-                self.loaded[name] = Loaded(target)
+                self.loaded.put(name, Loaded(target))
                 self.metrics.gauge("LoadedModelCount", len(self.loaded))
                 log.info("loaded %s as %s", target, name)
                 return
@@ -213,10 +213,8 @@ class Router:
             self.metrics.count("ModelEvictions")
 
     def _least_recently_used(self, exclude: str) -> str | None:
-        idle = [
-            (entry.last_used, name) for name, entry in self.loaded.items() if name != exclude and not entry.in_flight
-        ]
-        return min(idle)[1] if idle else None
+        """The loaded model used longest ago that no request is using (nor ``exclude``, the one that needs room)."""
+        return self.loaded.oldest(lambda name: name == exclude or self.loaded[name].in_flight > 0)
 
     async def _unload(self, name: str) -> None:
         started = time.monotonic()

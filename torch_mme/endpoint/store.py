@@ -16,6 +16,9 @@ import threading
 import unicodedata
 from typing import Any, Protocol
 
+from torch_mme import settings
+from torch_mme.common import is_inside
+
 MAX_TARGET = 1024  # S3's limit on a key, and SageMaker's on TargetModel
 
 
@@ -107,7 +110,7 @@ class LocalStore:
     def _path(self, target: str) -> str:
         """The real path of ``target``; refused when a symlink on the way leads out of the root."""
         path = os.path.realpath(os.path.join(self.root, check_target(target)))
-        if os.path.commonpath([self.root, path]) != self.root:
+        if not is_inside(path, self.root):
             raise InvalidTarget(f"TargetModel {_show(target)} resolves outside the model store")
         return path
 
@@ -209,13 +212,13 @@ class S3Store:
         from botocore.config import Config
 
         session = boto3.session.Session()
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or session.region_name
+        region = settings.aws_region() or session.region_name
         kwargs: dict[str, Any] = {
             "region_name": region or "us-east-1",
             "config": Config(max_pool_connections=self.max_pool_connections),
         }
         if not _boto_supports_endpoint_env():
-            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            endpoint = settings.aws_s3_endpoint()
             if endpoint:
                 kwargs["endpoint_url"] = endpoint
         return session.client("s3", **kwargs)

@@ -15,20 +15,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from torch_mme.memory import MemoryReading, estimate_weights, read_memory
+from handler import model_config
+from torch_mme import memory
+from torch_mme.memory import Estimate, MemoryReading, read_memory
 from torch_mme.runtime import processes
 from torch_mme.runtime.registry import Registry
 from torch_mme.settings import Settings
 
 MB = 2**20
-LOAD_FACTOR = 1.2
-"""Weights are held once, plus transient copies while they load."""
-
-
-@dataclass(frozen=True)
-class Estimate:
-    bytes: int
-    detail: str
 
 
 @dataclass(frozen=True)
@@ -61,12 +55,8 @@ class Admission:
     def estimate(self, model_dir: str, workers: int | None = None) -> Estimate:
         """What the model will hold: every worker loads its own copy of the weights, so each is counted."""
         workers = workers or self.settings.workers_per_model
-        footprint = estimate_weights(model_dir)
-        per_worker = footprint.declared_bytes or (
-            self.settings.model_overhead_mb * MB + int(footprint.weights_bytes * LOAD_FACTOR)
-        )
-        detail = footprint.detail if workers == 1 else f"{footprint.detail}; {workers} workers"
-        return Estimate(workers * per_worker, detail)
+        one = memory.estimate(model_dir, model_config.memory_mb(model_dir), self.settings.model_overhead_mb * MB)
+        return Estimate(workers * one.bytes, one.detail if workers == 1 else f"{one.detail}; {workers} workers")
 
     def check(self, needed_bytes: int) -> Verdict:
         """Whether ``needed_bytes`` more fit now, keeping the headroom."""

@@ -18,9 +18,11 @@ import threading
 import time
 from importlib import resources
 
+from torch_mme.settings import TEMPLATE_SOCKET
+
 log = logging.getLogger("torch_mme.runtime.forking")
 
-SOCKET_ENV = "TORCH_MME_TEMPLATE_SOCKET"
+SOCKET_ENV = TEMPLATE_SOCKET
 READY_TIMEOUT_S = 60.0
 RESTART_BACKOFF_S = 1.0
 
@@ -30,8 +32,12 @@ def install(run_dir: str) -> tuple[str, dict[str, str]]:
     bin_dir = os.path.join(run_dir, "bin")
     os.makedirs(bin_dir, exist_ok=True)
     launcher = os.path.join(bin_dir, "mms-python")
-    source = (resources.files("torch_mme.runtime") / "launcher.py").read_text()
-    write_executable(launcher, f"#!{sys.executable} -IS\n" + source.replace("@REAL_PYTHON@", sys.executable))
+    waiter = os.path.join(bin_dir, "waiter.sh")
+    runtime = resources.files("torch_mme.runtime")
+    write_executable(waiter, (runtime / "waiter.sh").read_text())
+    # launcher.py copied with its shebang, REAL_PYTHON and WAITER filled in: it runs -IS, importing nothing to find them
+    source = (runtime / "launcher.py").read_text().replace("@REAL_PYTHON@", sys.executable)
+    write_executable(launcher, f"#!{sys.executable} -IS\n" + source.replace("@WAITER@", waiter))
     private = os.path.join(run_dir, "template")  # the template listens only in a folder no one else can enter
     os.makedirs(private, mode=0o700, exist_ok=True)
     os.chmod(private, 0o700)

@@ -41,6 +41,8 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl, unquote
 
 from handler import model_config, timing
+from torch_mme import errors
+from torch_mme.common import is_inside
 from torch_mme.runtime.admission import Admission
 from torch_mme.runtime.httpserver import ByteBudget, QueueFull, Request, Response, error_response, json_response
 from torch_mme.runtime.lifecycle import (
@@ -90,19 +92,19 @@ def _one_line(response: Response) -> Response:
 
 
 def _conflict(name: str) -> Response:
-    return error(409, "ConflictStatusException", f"Model {name} is already registered.")
+    return error(errors.ModelConflict(f"Model {name} is already registered."))
 
 
 def _restarting(name: str) -> Response:
-    return error(503, "ModelRestarting", f"model {name}'s processes died; it is being restarted, retry shortly")
+    return error(errors.ModelRestarting(f"model {name}'s processes died; it is being restarted, retry shortly"))
 
 
 def _not_found(name: str) -> Response:
-    return error(404, "ModelNotFoundException", f"Model not found: {name}")
+    return error(errors.ModelNotFound(f"Model not found: {name}"))
 
 
 def _busy(reason: str) -> Response:
-    return error(503, "ServiceUnavailable", f"server busy ({reason}); retry", [("Retry-After", "1")])
+    return error(errors.ServiceUnavailable(f"server busy ({reason}); retry"), [("Retry-After", "1")])
 
 
 def _refusal(refused: Refused) -> Response:
@@ -111,15 +113,15 @@ def _refusal(refused: Refused) -> Response:
     if isinstance(refused, Conflict):
         return _conflict(name)
     if isinstance(refused, BeingUnloaded):
-        return error(404, "ModelNotFoundException", f"Model not found: {name} (it is being unloaded)")
+        return error(errors.ModelNotFound(f"Model not found: {name} (it is being unloaded)"))
     if isinstance(refused, Restarting):
         return _restarting(name)
     if isinstance(refused, NotFound):
         return _not_found(name)
     if isinstance(refused, NoRoom):
-        return error(507, "InsufficientMemory", refused.detail)
+        return error(errors.OutOfMemory(refused.detail))
     if isinstance(refused, LoadFailed):
-        return error(refused.status, refused.kind, refused.detail)
+        return error(errors.Relayed(refused.status, refused.kind, refused.detail))
     if isinstance(refused, StillBusy):
         return _busy(refused.detail)
     raise TypeError(f"no answer for {refused!r}")
@@ -161,28 +163,28 @@ class Front:
         try:
             return await self._dispatch(request)
         except UnsafeRequest as exc:
-            return error(400, "BadRequest", str(exc))
+            return error(exc)
         except UpstreamTimeout as exc:
             log.error("%s %s: %s", request.method, request.path, exc)
-            return error(504, "ModelServerTimeout", str(exc))
+            return error(exc)
         except UpstreamError as exc:
             log.error("%s %s: %s", request.method, request.path, exc)
-            return error(502, "ModelServerUnavailable", str(exc))
+            return error(exc)
 
     async def _dispatch(self, request: Request) -> Response:
         segments = request.path.split("/")
         if segments[0] != "" or len(segments) < 2:
-            return error(400, "BadRequest", "the request target must be an absolute path")
+            return error(errors.BadRequest("the request target must be an absolute path"))
         shape, args = [], []
         for position, segment in enumerate(segments[1:]):
             if position == 1 and segments[1] == "models" and segment:
                 try:
                     name = unquote(segment, errors="strict")
                 except UnicodeDecodeError:
-                    return error(400, "BadRequest", "the model name is not valid UTF-8")
+                    return error(errors.BadRequest("the model name is not valid UTF-8"))
                 if not MODEL_NAME.fullmatch(name):
                     return error(
-                        400, "BadRequest", f"model name {name[:80]!r} must be 1-255 letters, digits, '.', '_' or '-'"
+                        errors.BadRequest(f"model name {name[:80]!r} must be 1-255 letters, digits, '.', '_' or '-'")
                     )
                 shape.append("{name}")
                 args.append(name)
@@ -190,11 +192,11 @@ class Front:
                 shape.append(segment)
         methods = self._routes.get(tuple(shape))
         if methods is None:
-            return error(404, "NotFound", f"no such route: {request.method} {request.path[:120]}")
+            return error(errors.NotFound(f"no such route: {request.method} {request.path[:120]}"))
         handler = methods.get(request.method)
         if handler is None:
             allowed = ", ".join(sorted(methods))
-            return error(405, "MethodNotAllowed", f"{request.method} is not allowed here", [("Allow", allowed)])
+            return error(errors.MethodNotAllowed(f"{request.method} is not allowed here"), [("Allow", allowed)])
         return await handler(request, *args)
 
     # --- health and listing ----------------------------------------------------------------------
@@ -215,9 +217,9 @@ class Front:
         query = dict(parse_qsl(request.query))
         unknown = sorted(set(query) - set(LIST_PARAMETERS))
         if unknown:
-            return error(400, "BadRequest", f"ListModels takes only {', '.join(LIST_PARAMETERS)}, not {unknown}")
+            return error(errors.BadRequest(f"ListModels takes only {', '.join(LIST_PARAMETERS)}, not {unknown}"))
         if any(not re.fullmatch(r"[0-9]{1,9}", value) for value in query.values()):
-            return error(400, "BadRequest", "limit and next_page_token must be non-negative integers")
+            return error(errors.BadRequest("limit and next_page_token must be non-negative integers"))
         path = "/models" + (f"?{'&'.join(f'{k}={v}' for k, v in sorted(query.items()))}" if query else "")
         return await self.upstream.request("GET", path, timeout=30.0)
 
@@ -249,9 +251,9 @@ class Front:
         types = [v for k, v in headers if k.lower() == "content-type"]
         mime = types[0].split(";", 1)[0].strip().lower() if types else ""
         if len(types) > 1:
-            return error(400, "BadRequest", "a request has one Content-Type header")
+            return error(errors.BadRequest("a request has one Content-Type header"))
         if mime in FORM_TYPES or mime.startswith("multipart/"):
-            return error(415, "UnsupportedContentType", f"Content-Type {mime!r} is not supported")
+            return error(errors.UnsupportedContentType(f"Content-Type {mime!r} is not supported"))
         try:
             held = await self.to_mms.acquire(len(request.body))
         except QueueFull as exc:
@@ -315,40 +317,40 @@ class Front:
             except (ValueError, TypeError, RecursionError):
                 body = None
             if not isinstance(body, dict):
-                return error(400, "BadRequest", 'LoadModel body must be JSON: {"model_name": ..., "url": ...}')
+                return error(errors.BadRequest('LoadModel body must be JSON: {"model_name": ..., "url": ...}'))
             params.update(body)
         unknown = sorted(set(params) - set(LOAD_PARAMETERS))
         if unknown:
             return error(
-                400, "BadRequest", f"LoadModel takes only model_name and url; unknown parameter(s) {unknown[:5]}"
+                errors.BadRequest(f"LoadModel takes only model_name and url; unknown parameter(s) {unknown[:5]}")
             )
         name, url = params.get("model_name"), params.get("url")
         if not isinstance(url, str) or not url:
-            return error(400, "BadRequest", "LoadModel needs a url (the model directory)")
+            return error(errors.BadRequest("LoadModel needs a url (the model directory)"))
         if name is None:
             name = os.path.basename(url.rstrip("/"))
         if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
-            return error(400, "BadRequest", f"model_name {name!r} must be 1-255 letters, digits, '.', '_' or '-'")
+            return error(errors.BadRequest(f"model_name {name!r} must be 1-255 letters, digits, '.', '_' or '-'"))
         url, problem = self._resolve_url(url)
         if problem is not None:
             return problem
         try:
             return name, url, await asyncio.to_thread(model_config.read, url)
         except model_config.InvalidModelConfig as exc:
-            return error(400, "InvalidModelConfig", str(exc))
+            return error(exc)
 
     def _resolve_url(self, url: str) -> tuple[str, Response | None]:
         """The absolute model directory for a LoadModel ``url`` (relative ones are under the models root)."""
         if url.startswith(("http://", "https://", "s3://", "file:")):
-            return url, error(400, "BadRequest", f"url must be a directory under {self.settings.models_root}")
+            return url, error(errors.BadRequest(f"url must be a directory under {self.settings.models_root}"))
         if not url.isprintable() or len(url) > 4096:
-            return url, error(400, "BadRequest", "url must be a printable path of at most 4096 characters")
+            return url, error(errors.BadRequest("url must be a printable path of at most 4096 characters"))
         path = url if os.path.isabs(url) else os.path.join(self.settings.models_root, url)
         real = os.path.realpath(path)
-        if os.path.commonpath([real, self.models_root]) != self.models_root:
+        if not is_inside(real, self.models_root):
             return url, error(
-                400, "ModelOutsideRoot", f"url {url} is outside the models root {self.settings.models_root}"
+                errors.ModelOutsideRoot(f"url {url} is outside the models root {self.settings.models_root}")
             )
         if not os.path.isdir(real):
-            return url, error(404, "ModelNotFound", f"model directory {url} does not exist")
+            return url, error(errors.ModelNotFound(f"model directory {url} does not exist"))
         return os.path.normpath(path), None

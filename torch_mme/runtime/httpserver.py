@@ -36,6 +36,16 @@ from dataclasses import dataclass, field
 
 import httptools
 
+from torch_mme.errors import (
+    BadRequest,
+    InternalServerError,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceUnavailable,
+    ServingError,
+    TooManyConnections,
+)
+
 log = logging.getLogger("torch_mme.runtime.httpserver")
 
 SMALL_BODY = 64 * 2**10
@@ -103,9 +113,9 @@ def json_response(status: int, payload: object, headers: list[tuple[str, str]] |
     return Response(status, [("Content-Type", "application/json"), *(headers or [])], body)
 
 
-def error_response(status: int, kind: str, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
-    """Every error this server or the front answers itself: one line of JSON, MMS's shape."""
-    return json_response(status, {"code": status, "type": kind, "message": message}, headers)
+def error_response(error: ServingError, headers: list[tuple[str, str]] | None = None) -> Response:
+    """Every error this server or the front answers itself: one line of JSON, MMS's shape (``errors``)."""
+    return Response(error.status, [("Content-Type", "application/json"), *(headers or [])], error.body())
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -262,7 +272,7 @@ class _Connection(asyncio.BufferedProtocol):
         if len(self.server.connections) >= self.limits.max_connections:
             log.warning("refusing a connection: %d are open (TORCH_MME_MAX_CONNECTIONS)", len(self.server.connections))
             self._write_response(
-                error_response(503, "TooManyConnections", "too many open connections", [("Retry-After", "1")]),
+                error_response(TooManyConnections("too many open connections"), [("Retry-After", "1")]),
                 keep_alive=False,
             )
             self.close()
@@ -324,13 +334,13 @@ class _Connection(asyncio.BufferedProtocol):
             if self.pending or self.worker is not None:
                 self.discarding = True  # the request is answered (Connection: close); what follows is not HTTP/1.1
             else:
-                self._refuse(400, "BadRequest", "protocol upgrades are not supported")
+                self._refuse(BadRequest("protocol upgrades are not supported"))
         except httptools.HttpParserError as exc:
             if not self.discarding and not self.closed:
-                self._refuse(400, "BadRequest", f"malformed HTTP request: {_short(exc)}")
+                self._refuse(BadRequest(f"malformed HTTP request: {_short(exc)}"))
 
     # --- timers ----------------------------------------------------------------------------------
-    def _set_timer(self, seconds: float, on_expiry: tuple[int, str, str] | None) -> None:
+    def _set_timer(self, seconds: float, on_expiry: ServingError | None) -> None:
         self._cancel_timer()
         self.timer = self.loop.call_later(seconds, self._expired, on_expiry)
 
@@ -339,12 +349,12 @@ class _Connection(asyncio.BufferedProtocol):
             self.timer.cancel()
             self.timer = None
 
-    def _expired(self, answer: tuple[int, str, str] | None) -> None:
+    def _expired(self, answer: ServingError | None) -> None:
         self.timer = None
         if answer is None or self.worker is not None:
             self.close()  # idle keep-alive connection (or the answer in progress closes it)
         else:
-            self._refuse(*answer)
+            self._refuse(answer)
 
     # --- parser callbacks ------------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -360,7 +370,7 @@ class _Connection(asyncio.BufferedProtocol):
             what, seconds = "head", self.limits.header_timeout_s
         else:
             what, seconds = "body", self.limits.body_timeout_s
-        self._set_timer(seconds, (408, "RequestTimeout", f"request {what} not received within {seconds:g} s"))
+        self._set_timer(seconds, RequestTimeout(f"request {what} not received within {seconds:g} s"))
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -410,7 +420,7 @@ class _Connection(asyncio.BufferedProtocol):
             self.reserved = await self.server.receiving.acquire(needed)
         except QueueFull as exc:
             self.reserving = False
-            self._refuse(503, "ServiceUnavailable", f"server busy: {exc}; retry", [("Retry-After", "1")])
+            self._refuse(ServiceUnavailable(f"server busy: {exc}; retry"), [("Retry-After", "1")])
             return
         self.reserving = False
         if self.closed:
@@ -437,7 +447,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.reserve_task = None
         if len(self.pending) >= MAX_PIPELINED:
             self._reset_message()  # gives back what this one reserved; those queued are still answered
-            self._refuse(400, "BadRequest", f"more than {MAX_PIPELINED} pipelined requests")
+            self._refuse(BadRequest(f"more than {MAX_PIPELINED} pipelined requests"))
             raise httptools.HttpParserError("stop")  # ends this read; the refusal follows the queued answers
         if self.reserved > max(self.body_bytes, 1):  # chunked: the limit was reserved, the body is known now
             self.server.receiving.release(self.reserved - max(self.body_bytes, 1))
@@ -472,7 +482,7 @@ class _Connection(asyncio.BufferedProtocol):
                     response = await self.server.handler(request)
                 except Exception:
                     log.exception("%s %s failed", request.method, request.path)
-                    response = error_response(500, "InternalServerError", "the server failed to answer")
+                    response = error_response(InternalServerError("the server failed to answer"))
                 finally:
                     if request.receiving:
                         self.server.receiving.release(request.receiving)
@@ -527,17 +537,15 @@ class _Connection(asyncio.BufferedProtocol):
     # --- refusing --------------------------------------------------------------------------------
     def _refuse_too_large(self) -> None:
         megabytes = self.limits.max_body_bytes / 2**20
-        self._refuse(
-            413, "PayloadTooLarge", f"request body is larger than {megabytes:g} MiB (SAGEMAKER_MAX_PAYLOAD_IN_MB)"
-        )
+        self._refuse(PayloadTooLarge(f"request body is larger than {megabytes:g} MiB (SAGEMAKER_MAX_PAYLOAD_IN_MB)"))
 
-    def _refuse(self, status: int, kind: str, message: str, headers: list[tuple[str, str]] | None = None) -> None:
+    def _refuse(self, error: ServingError, headers: list[tuple[str, str]] | None = None) -> None:
         """Answer an error now and close; the rest of what the client sends is read and dropped a while,
         so it sees this answer rather than a reset."""
         if self.closed or self.discarding:
             return
         self.discarding = True
-        response = error_response(status, kind, message, headers)
+        response = error_response(error, headers)
         if self.worker is not None:  # answers of complete requests go first; this one after them
             self.deferred = response
             self._cancel_timer()

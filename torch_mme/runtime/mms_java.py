@@ -26,6 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from torch_mme import settings
 from torch_mme.settings import user_cache_dir
 
 log = logging.getLogger("torch_mme.runtime.mms_java")
@@ -39,8 +40,8 @@ COMPILER_FLAGS = ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-m", "jdk.comp
 
 def java_binary() -> str | None:
     """The Java MMS will run: ``$JAVA_HOME/bin/java``, else ``java`` on PATH (MMS's own rule)."""
-    if os.environ.get("JAVA_HOME"):
-        return os.path.join(os.environ["JAVA_HOME"], "bin", "java")
+    if settings.java_home():
+        return os.path.join(settings.java_home(), "bin", "java")
     return shutil.which("java")
 
 

@@ -40,9 +40,10 @@ from importlib import resources
 
 import psutil
 
+from torch_mme import settings as env
 from torch_mme.runtime import forking, mms_java
 from torch_mme.runtime.httpserver import Limits
-from torch_mme.settings import Settings, default_deps_dir
+from torch_mme.settings import Settings, default_deps_dir, search_path
 
 log = logging.getLogger("torch_mme.runtime.serve")
 
@@ -100,7 +101,7 @@ def preflight(settings: Settings) -> socket.socket:
 
 def _search_path() -> str:
     """PATH with this interpreter's bin folder first: a virtualenv's ``multi-model-server`` is found un-activated."""
-    return os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", os.defpath)])
+    return os.pathsep.join([os.path.dirname(sys.executable), search_path()])
 
 
 @dataclass(frozen=True)
@@ -230,20 +231,20 @@ def mms_environment(settings: Settings) -> dict[str, str]:
         vmargs += " " + jvm_memory_flags(settings)
     return {
         **settings.to_env(),
-        "PATH": _search_path(),
-        "SAGEMAKER_MULTI_MODEL": "true",
-        "SAGEMAKER_HANDLER": HANDLER_SERVICE,
-        "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS": str(settings.timeout_s),
-        "SAGEMAKER_MODEL_SERVER_VMARGS": vmargs,
-        "MMS_INFERENCE_ADDRESS": socket_url,
-        "MMS_MANAGEMENT_ADDRESS": socket_url,
+        env.PATH: _search_path(),
+        env.SAGEMAKER_MULTI_MODEL: "true",
+        env.SAGEMAKER_HANDLER: HANDLER_SERVICE,
+        env.TIMEOUT_VARIABLES[1]: str(settings.timeout_s),  # what sagemaker-inference reads
+        env.VMARGS: vmargs,
+        env.MMS_INFERENCE_ADDRESS: socket_url,
+        env.MMS_MANAGEMENT_ADDRESS: socket_url,
         # pid file, worker sockets and Java's temp files stay in this instance's folder
-        "TEMP": settings.run_dir,
-        "TMPDIR": settings.run_dir,
-        "LOG_LOCATION": os.path.join(settings.run_dir, "logs"),
-        "METRICS_LOCATION": os.path.join(settings.run_dir, "logs"),
+        env.TEMP: settings.run_dir,
+        env.TMPDIR: settings.run_dir,
+        env.LOG_LOCATION: os.path.join(settings.run_dir, "logs"),
+        env.METRICS_LOCATION: os.path.join(settings.run_dir, "logs"),
         # fewer glibc malloc arenas: native memory of Java and the workers stays compact
-        "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2"),
+        env.MALLOC_ARENA_MAX: env.malloc_arena_max(),
     }
 
 
@@ -253,13 +254,14 @@ def write_mms_shim(run_dir: str, launcher: str | None, java_dir: str | None) -> 
     path begins with "."; without it Java inherited the caller's working folder)."""
     bin_dir = os.path.join(run_dir, "bin")
     os.makedirs(bin_dir, exist_ok=True)
+    # generated, not a copied file: its shebang names this interpreter, its lines this run's launcher and Java folder
     lines = [f"#!{sys.executable}", "import os", "import sys"]
     if launcher:
         lines.append(f"sys.executable = {launcher!r}  # MMS starts each model's process with this")
     lines.append(f"os.chdir({(java_dir or run_dir)!r})  # Java's working folder: the head of its class path")
     lines += ["from mms.model_server import start", "sys.exit(start())", ""]
     forking.write_executable(os.path.join(bin_dir, "multi-model-server"), "\n".join(lines))
-    return os.pathsep.join([bin_dir, os.environ.get("PATH", os.defpath)])
+    return os.pathsep.join([bin_dir, search_path()])
 
 
 class Server:
@@ -285,9 +287,9 @@ class Server:
         if self.settings.fork_server:
             launcher, template_env = forking.install(self.settings.run_dir)
             os.environ.update(template_env)
-            forking.TemplateSupervisor(os.environ[forking.SOCKET_ENV], self.stopping).start()
+            forking.TemplateSupervisor(template_env[env.TEMPLATE_SOCKET], self.stopping).start()
         java_dir = mms_java.working_dir(self.settings.run_dir, mms_java.java_binary())
-        os.environ["PATH"] = write_mms_shim(self.settings.run_dir, launcher, java_dir)
+        os.environ[env.PATH] = write_mms_shim(self.settings.run_dir, launcher, java_dir)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         threading.Thread(target=self._run_front, name="front", daemon=True).start()

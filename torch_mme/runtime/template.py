@@ -44,6 +44,8 @@ import struct
 import sys
 import traceback
 
+from torch_mme.settings import OMP_NUM_THREADS
+
 MAX_REQUEST = 4 * 2**20
 RECEIVE_TIMEOUT_S = 10.0
 RECORDS = "models"
@@ -52,7 +54,7 @@ RECORDS = "models"
 
 def preload() -> None:
     """Everything a model process imports, so children start with it in memory."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # what MMS's worker sets before torch loads
+    os.environ.setdefault(OMP_NUM_THREADS, "1")  # what MMS's worker sets before torch loads
     import hmac  # noqa: F401
     import multiprocessing.popen_fork  # noqa: F401  (MMS's server forks its worker with it)
     import secrets  # noqa: F401
@@ -225,7 +227,7 @@ def _become_model_process(request: dict, fds: list[int]) -> None:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
-    extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
     sys.path[:0] = [p for p in extra if p not in sys.path]
     argv = request["argv"]
     sys.argv = list(argv)

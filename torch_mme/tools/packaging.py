@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import IO
 
 from handler.user_code import HOOKS, SCRIPT, script_path
+from torch_mme.common import format_size, is_inside
 
 ARTIFACTS = ("model.pt", "model.pth")
 ARTIFACT_SUFFIXES = (".pt", ".pth", ".pt2", ".safetensors")
@@ -34,25 +35,8 @@ SKIPPED_SUFFIXES = (".pyc",)
 COMPRESS_LEVEL = 6  # weights hardly compress; 9 costs much more time for almost nothing
 _MARKER = "@@torch-mme-validate@@ "
 
-# Run in the child: import the script as the handler does (its code/ folder first on sys.path) and report the hooks.
-_CHILD = """
-import importlib.util, json, sys
-code_dir, path, marker = sys.argv[1:4]
-sys.path[:] = [code_dir] + [p for p in sys.path if p not in ("", ".")]
-def report(**result):
-    sys.stdout.write("\\n" + marker + json.dumps(result) + "\\n")
-    sys.stdout.flush()
-try:
-    spec = importlib.util.spec_from_file_location("inference", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["inference"] = module
-    spec.loader.exec_module(module)
-except BaseException as exc:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    report(error=type(exc).__name__ + (": " + lines[-1] if lines else ""))
-else:
-    report(hooks=[name for name in json.loads(sys.argv[4]) if callable(getattr(module, name, None))])
-"""
+_PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hook_probe.py")
+"""Run as a script in the child: imports the user's script as the handler does and reports its hooks."""
 
 
 class InvalidModel(Exception):
@@ -188,7 +172,7 @@ def _no_artifact() -> str:
 
 def _import_hooks(model_dir: str, script: str, timeout: float) -> tuple[list[str], str | None]:
     """(hooks defined, None) or ([], what went wrong), from importing the script in a child process."""
-    command = [sys.executable, "-B", "-c", _CHILD, os.path.dirname(script), script, _MARKER, json.dumps(HOOKS)]
+    command = [sys.executable, "-B", _PROBE, os.path.dirname(script), script, _MARKER, json.dumps(HOOKS)]
     # its own session, so that on a timeout whatever the script started goes down with it
     with subprocess.Popen(
         command,
@@ -262,7 +246,7 @@ def _entries(root: str, skip: set[str]) -> list[tuple[str, os.stat_result, str |
             if stat.S_ISLNK(info.st_mode):
                 target = os.readlink(path)
                 resolved = os.path.realpath(path)
-                if os.path.commonpath([resolved, root]) != root:
+                if not is_inside(resolved, root):
                     problems.append(f"{rel}: symlink to {target!r} points outside the model directory")
                     continue
                 lexical = os.path.normpath(os.path.join(rel_dir, target))
@@ -377,7 +361,7 @@ def run(args: argparse.Namespace) -> int:
         for i, (src, out) in enumerate(jobs, 1):
             step = f"packing {src}"
             size = pack(src, out, check=False)
-            progress.step(i, f"packed {os.path.basename(out)} ({_human(size)})")
+            progress.step(i, f"packed {os.path.basename(out)} ({format_size(size)})")
         if upload is not None:
             for i, (_, out) in enumerate(jobs, 1):
                 step = f"uploading {out}"
@@ -483,10 +467,3 @@ class _Progress:
             self.stream.write("\n")
             self.stream.flush()
             self.open_line = False
-
-
-def _human(size: int) -> str:
-    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} B"

@@ -1,9 +1,11 @@
 """Tabular regression: scikit-learn's diabetes data, a TorchScript MLP, CSV and JSON rows in.
 
-Builds DIR/diabetes-regressor/ and packs DIR/diabetes-regressor.tar.gz:
+Copies code/ (beside this script) into DIR/diabetes-regressor/, trains the weights into it, and packs
+DIR/diabetes-regressor.tar.gz:
 
-    model.pt                 TorchScript 10 -> 32 -> 1 MLP (feature and target scaling inside)
-    code/inference.py        input_fn/predict_fn/output_fn; no model_fn: the server loads model.pt
+    model.pt                 TorchScript 10 -> 32 -> 1 MLP (feature and target scaling inside), trained here
+    code/inference.py        input_fn/predict_fn; no model_fn (the server loads model.pt), no output_fn
+                             (the server encodes the answer as Accept asks)
     code/table_rows.py       a helper module beside inference.py: CSV and JSON rows -> float32
 
 Requests (the 10 raw features: age, sex, bmi, bp, s1..s6, in load_diabetes(scaled=False) units):
@@ -16,12 +18,13 @@ Requests (the 10 raw features: age, sex, bmi, bp, s1..s6, in load_diabetes(scale
 Answer: one predicted disease progression per row: a JSON list, CSV (one per line) or .npy, as Accept
 asks. A wrong number of values, an unknown or missing feature, or a value that is not a number: 400.
 
-    python examples/tabular_regression.py --out build/examples
+    python examples/diabetes-regressor/build.py --out build/examples
 """
 
 import sys
+from pathlib import Path
 
 from torch_mme.tools.examples import REGRESSOR_NAME, main
 
 if __name__ == "__main__":
-    sys.exit(main(REGRESSOR_NAME, description=__doc__))
+    sys.exit(main(REGRESSOR_NAME, description=__doc__, code=Path(__file__).resolve().with_name("code")))

@@ -1,6 +1,7 @@
 """Image classification: scikit-learn's digits, a state_dict MLP, PNG and JPEG pictures in.
 
-Builds DIR/digits-classifier/ and packs DIR/digits-classifier.tar.gz:
+Copies code/ (beside this script) into DIR/digits-classifier/, trains the weights into it, and packs
+DIR/digits-classifier.tar.gz:
 
     model.pth                state_dict of a 64 -> 64 -> 10 MLP over 8x8 grey images (values 0..16)
     code/inference.py        model_fn builds the module and loads the weights (weights_only=True);
@@ -18,12 +19,13 @@ Requests:
 
 Answer: {"labels": [7], "probabilities": [[10 floats]]} (JSON; .npz when asked).
 
-    python examples/image_classifier.py --out build/examples
+    python examples/digits-classifier/build.py --out build/examples
 """
 
 import sys
+from pathlib import Path
 
 from torch_mme.tools.examples import CLASSIFIER_NAME, main
 
 if __name__ == "__main__":
-    sys.exit(main(CLASSIFIER_NAME, description=__doc__))
+    sys.exit(main(CLASSIFIER_NAME, description=__doc__, code=Path(__file__).resolve().with_name("code")))

