@@ -62,7 +62,8 @@ def test_sagemaker_mode_answers_507_when_the_next_model_does_not_fit(tmp_path):
         assert server.unload("a") == 200
         assert server.load("c", dirs["c"])[0] == 200
         memory = json.loads(server.request("GET", "/models/c")[2])["memory"]
-        assert memory["estimatedBytes"] == 700 * 2**20 and memory["measuredUssBytes"] > 10 * 2**20
+        # measured: the private memory of the model's processes (a tiny model forked from the template: ~10 MB)
+        assert memory["estimatedBytes"] == 700 * 2**20 and memory["measuredUssBytes"] > 2 * 2**20
 
 
 def test_standalone_mode_evicts_the_least_recently_invoked_model(tmp_path):
