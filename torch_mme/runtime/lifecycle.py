@@ -15,10 +15,10 @@ one name never interleave. What the code must get right, and where:
   LoadModel of it meanwhile is 409, never deleted under its feet (``_forget``);
 - a load is admitted by memory under one lock; in standalone mode
   least-recently-used idle models are evicted until it fits, a model serving
-  a request never is (``_admit``, ``_evict_one``); a loaded model is READY
-  before its slot is LOADING no more, so an unload never finds it in neither;
-- a model whose processes died is told to MMS to forget and loaded again, its
-  requests waiting on MMS answered 503 at once (``restart``).
+  a request never is (``_admit``, ``_evict_one``); a load's slot moves from
+  LOADING to READY in one step, so an unload never finds the name in neither;
+- for a model whose processes died MMS is told to forget it and it is loaded
+  again, its requests waiting on MMS answered 503 at once (``restart``).
 
 Refusals are exceptions (``Refused`` and its kinds): the front writes their answers.
 """
