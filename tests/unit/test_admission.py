@@ -7,7 +7,7 @@ import os
 
 from torch_mme.memory import MemoryReading
 from torch_mme.runtime.admission import MB, Admission
-from torch_mme.runtime.registry import ModelRecord, Registry
+from torch_mme.runtime.registry import ModelRecord, Registry, State
 from torch_mme.settings import Settings
 
 
@@ -33,7 +33,7 @@ def test_a_load_fits_when_the_estimate_is_below_free_memory_less_headroom():
 
 def test_loads_in_progress_count_against_free_memory():
     registry = Registry()
-    registry.loading["other"] = 600 * MB
+    registry.claim("other", State.LOADING, reserved_bytes=600 * MB)
     assert not admission(1000, registry, memory_headroom_mb=0).check(500 * MB).fits
 
 
@@ -85,5 +85,5 @@ def test_a_model_being_unloaded_is_never_an_eviction_candidate():
     registry = Registry()
     registry.add(ModelRecord("a", "/m/a", MB, last_used=1.0))
     registry.add(ModelRecord("b", "/m/b", MB, last_used=2.0))
-    registry.get("a").unloading = True
+    registry.move(registry.slot("a"), State.UNLOADING)
     assert [r.name for r in registry.eviction_order()] == ["b"]

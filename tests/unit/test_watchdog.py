@@ -7,7 +7,7 @@ import asyncio
 import psutil
 
 from torch_mme.runtime import watchdog
-from torch_mme.runtime.registry import ModelRecord, Registry
+from torch_mme.runtime.registry import ModelRecord, Registry, State
 
 
 class FakeProcess:
@@ -56,7 +56,7 @@ def test_a_model_without_a_running_process_in_two_checks_in_a_row_is_restarted_o
 def test_models_being_unloaded_or_not_yet_noted_are_left_alone():
     registry = Registry()
     registry.add(ModelRecord("leaving", "/m/leaving", 1, processes=[FakeProcess(False, False)]))
-    registry.get("leaving").unloading = True
+    registry.move(registry.slot("leaving"), State.UNLOADING)
     registry.add(ModelRecord("just-loaded", "/m/just-loaded", 1))  # its processes not noted yet
     assert _checks(registry, 2) == []
 

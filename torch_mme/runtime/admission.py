@@ -60,7 +60,7 @@ class Admission:
 
     def check(self, needed_bytes: int) -> Verdict:
         """Whether ``needed_bytes`` more fit now, keeping the headroom."""
-        loading = sum(list(self.registry.loading.values()))  # a copy: the event loop changes it meanwhile
+        loading = self.registry.loading_bytes()  # from a copy: the event loop changes the table meanwhile
         try:
             reading = self.read()
             free = reading.available_bytes - loading

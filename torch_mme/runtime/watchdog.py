@@ -13,7 +13,7 @@ exits. Every few seconds it checks only the models whose processes reported an
 exit since (and the ones suspected last time), so its periodic work follows what
 changed, not the number of models; where pidfds are unavailable (not Linux 5.3+)
 a model's processes are polled instead. A model found dead in two checks in a
-row is handed to ``restart`` (the front's: requests in flight answered 503 at
+row is handed to ``restart`` (``lifecycle``'s: requests in flight answered 503 at
 once, MMS told to forget the model, the same LoadModel sent again).
 """
 
@@ -90,12 +90,12 @@ class Watchdog:
         names, self.exited = self.exited | suspects, set()
         candidates = [self.registry.get(name) for name in names]
         candidates += [r for r in self.registry.records() if not r.exit_watched and r.name not in names]
-        records = [r for r in candidates if r is not None and r.processes and not r.unloading]
+        records = [r for r in candidates if r is not None and r.processes and self.registry.is_ready(r)]
         dead = await asyncio.to_thread(
             lambda: {r.name for r in records if not any(map(processes.running, r.processes))}
         )
         for name in dead & suspects:
             record = self.registry.get(name)
-            if record is not None and record.processes and not record.unloading:
+            if record is not None and record.processes and self.registry.is_ready(record):
                 await self.restart(record)
         return dead - suspects
