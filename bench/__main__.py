@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="after", help="with --only scale: the name this run is stored under")
     parser.add_argument("--stages", default="", help="with --only scale: resident counts, e.g. 10,100,400,1000")
     parser.add_argument(
+        "--keep-free-gib", type=float, default=6, help="with --only scale: stop loading below this much free memory"
+    )
+    parser.add_argument(
         "--peers-venv", type=Path, help="peers and batching: the peers' venv (default ~/.cache/torch-mme/bench-venv)"
     )
     args = parser.parse_args(argv)
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {name}{' (quick)' if args.quick else ''}", file=sys.stderr)
             extra: dict[str, str] = {"against": args.against} if name == "revisions" else {}
             if name == "scale":
-                extra = {"label": args.label, "stages": args.stages}
+                extra = {"label": args.label, "stages": args.stages, "keep_free_gib": args.keep_free_gib}
             results[name] = run(quick=args.quick, out_dir=args.out, **extra)
     if args.only is None:
         write_latest(results, args.quick, Path(args.out))

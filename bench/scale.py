@@ -15,7 +15,7 @@ models resident, each having answered once) the bench measures, in the same run:
 - every resident model invoked again at the last stage, each answer checked.
 
 Memory guard: before and while loading, the host's available memory must stay
-above ``KEEP_FREE`` (others share the machine); otherwise loading stops early,
+above ``KEEP_FREE`` (``--keep-free-gib``; others share the machine); otherwise loading stops early,
 says so, and the stage is measured at the count reached. Each run is stored under a label (``--label before|after``) in
 ``scale.json``, so the markdown and the plot show before and after together.
 """
@@ -98,6 +98,7 @@ class Bench:
         self.load_s: list[float] = []
         self.first_invoke_s: list[float] = []
         self.wrong: list[str] = []
+        self.keep_free = KEEP_FREE
 
     def call(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes, float]:
         headers = {"Content-Type": JSON_TYPE} if body is not None else {}
@@ -125,7 +126,7 @@ class Bench:
         while len(self.resident) < count:
             if len(self.resident) % 20 == 0:
                 available = psutil.virtual_memory().available
-                if available < KEEP_FREE + GIB // 2:
+                if available < self.keep_free + GIB // 2:
                     return f"stopped at {len(self.resident)} models: {available / GIB:.1f} GiB available"
             index = len(self.resident)
             name = f"scale-{index}"
@@ -201,12 +202,15 @@ class Bench:
         }
 
 
-def measure(stages: tuple[int, ...], probes: int, root: Path, log_path: Path) -> dict[str, Any]:
+def measure(
+    stages: tuple[int, ...], probes: int, root: Path, log_path: Path, keep_free: int = KEEP_FREE
+) -> dict[str, Any]:
     models = Models(root)
     stages_out: list[dict[str, Any]] = []
     stopped = None
     with open(log_path, "wb") as log, LocalServer(str(root), log=log, args=["--timeout", "60"]) as server:
         bench = Bench(server, models)
+        bench.keep_free = keep_free  # the host's memory left to others while loading
         bench.load("warmup", 999_999)  # the first fork turns the template's pages into shared ones
         assert bench.call("DELETE", "/models/warmup")[0] == 200
         time.sleep(SETTLE_S)
@@ -265,13 +269,21 @@ def measure(stages: tuple[int, ...], probes: int, root: Path, log_path: Path) ->
     }
 
 
-def run(quick: bool = False, out_dir: str = "bench/results", label: str = "after", stages: str = "") -> dict[str, Any]:
+def run(
+    quick: bool = False,
+    out_dir: str = "bench/results",
+    label: str = "after",
+    stages: str = "",
+    keep_free_gib: float = KEEP_FREE / GIB,
+) -> dict[str, Any]:
     """Measure under ``label``; other labels already in ``scale.json`` are kept, so before and after show together."""
     began = time.perf_counter()
     chosen = tuple(int(s) for s in stages.split(",") if s) or (QUICK_STAGES if quick else FULL_STAGES)
     result = new_result("scale", quick)
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as root, tempfile.TemporaryDirectory() as logs:
-        result.update(measure(chosen, 3 if quick else PROBES, Path(root), Path(logs) / "serve.log"))
+        keep_free = int(keep_free_gib * GIB)
+        result.update(measure(chosen, 3 if quick else PROBES, Path(root), Path(logs) / "serve.log", keep_free))
+        result["keep_free_gib"] = keep_free_gib
     finish(result, began)
     out = Path(out_dir)
     path = out / "scale.json"
@@ -315,6 +327,7 @@ MMS's server forks), from `/proc/<pid>/smaps`, MB = 10^6 bytes:
 | + modules imported after the fork preloaded (see below) | 4.74 | 3.92 | 6.72 | 15.4 |
 | + launcher on built-in modules only (`posix`, `_socket`, `_signal`, its own JSON) | 3.19 | 3.89 | 6.72 | 13.8 |
 | worker script compiled once in the template (tried, not kept: 0.04 MB each) | 3.18 | 3.85 | 6.68 | 13.7 |
+| + the launcher execs `/bin/sh waiter.sh` once the fork is made (the `waiter` run) | 0.23 | 3.9 | 6.7 | 10.8 |
 
 Preloaded: `numpy.random` (the children's reseed imported it), `multiprocessing.popen_fork`, `hmac`,
 `secrets`, `handler.model_config`.
@@ -322,10 +335,16 @@ Preloaded: `numpy.random` (the children's reseed imported it), `multiprocessing.
 What is left: in each, libpython's writable data (0.5-1.3 MB: reference counts of static objects such
 as small ints and `None`; Python 3.12's immortal objects would stop those writes), obmalloc arenas and the
 glibc heap (reference counts of frozen objects touched, new objects placed in the template's half-used
-pools); one thread each, so no thread stacks to trim. Pages the worker copies that its server had
-written before forking it count twice. With the kernel's page tables (about 1.1 MB a model, not in
-USS), the host's available memory fell by about 20 MB a model in this run (others' work included):
-why 1,000 did not fit beside other work while keeping 6 GiB free.
+pools); one thread each, so no thread stacks to trim.
+
+USS is not all a model costs the host. `/proc/meminfo` over 99 models loaded and invoked (the `waiter`
+code, MiB a model): AnonPages +16.0, PageTables +1.1, Slab +0.6, MemAvailable -17.6. The 5-6 MiB of
+anonymous memory beyond USS are pages the model's server wrote after the template's fork and then
+shares with the worker MMS's script forks from it for its connection: private to the model, counted in
+neither process's USS. Tried: serving that connection in the server process itself (no second fork):
+MemAvailable -12.7 MiB a model, but not kept, because MMS recovers a worker that timed out or was
+killed by reconnecting to the server, which would then no longer listen. At 17.6 MiB a model, 1,000
+models need about 17 GiB beside serve's own.
 """
 
 
