@@ -321,7 +321,7 @@ def default_deps_dir(env: Mapping[str, str] | None = None) -> str:
 
 def search_path() -> str:
     """``PATH`` (``os.defpath`` when unset): where ``serve`` finds MMS and the shims it puts first."""
-    return os.environ.get(PATH, os.defpath)
+    return os.environ.get(PATH) or os.defpath
 
 
 def java_home() -> str:
@@ -332,7 +332,7 @@ def java_home() -> str:
 def malloc_arena_max() -> str:
     """``MALLOC_ARENA_MAX`` for MMS and its workers: the user's, else 2 (fewer glibc arenas, compact native
     memory)."""
-    return os.environ.get(MALLOC_ARENA_MAX, "2")
+    return os.environ.get(MALLOC_ARENA_MAX) or "2"
 
 
 def aws_region() -> str:

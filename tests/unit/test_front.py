@@ -133,6 +133,22 @@ def test_load_model_refused_by_memory_or_failed_in_the_handler(tmp_path):
     world.loop.close()
 
 
+def test_an_error_of_the_hierarchy_raised_inside_a_route_is_its_own_status_not_a_500(world):
+    # torch-mme.json changed between LoadModel's check and admission's estimate: the estimate's
+    # InvalidModelConfig reaches the front, which answers it as the 400 it is
+    from torch_mme import errors
+
+    def changed(model_dir, workers=None):
+        raise errors.InvalidModelConfig("torch-mme.json: memory_mb must be a positive number")
+
+    world.front.admission.estimate = changed
+    world.model("a")
+    status, kind, message = error(world.load("a"))
+    assert (status, kind) == (400, "InvalidModelConfig") and "memory_mb" in message
+    assert world.load("b", "missing")  # the front still answers afterwards
+    assert world.call("GET", "/models/a").status == 404  # nothing half-registered
+
+
 def test_describe_model_adds_memory(world):
     world.model("a")
     assert world.load("a").status == 200

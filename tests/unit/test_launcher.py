@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -34,3 +35,14 @@ def test_it_imports_no_module_beyond_the_interpreters_own():
     loaded = set(subprocess.run([sys.executable, "-IS", "-c", code], capture_output=True, text=True).stdout.split())
     assert "launcher" in loaded
     assert not loaded & {"os", "json", "re", "enum", "socket", "signal", "contextlib"}, loaded
+
+
+def test_without_a_readable_waiter_it_stays_the_one_that_waits(monkeypatch, tmp_path):
+    """The shell would start, fail to read a missing waiter.sh and end the model: the Python waits instead."""
+    monkeypatch.setattr(launcher, "WAITER", str(tmp_path / "missing.sh"))
+    execs = []
+    monkeypatch.setattr(launcher.posix, "execv", lambda *args: execs.append(args))
+    a, b = socket.socketpair()
+    with a, b:
+        launcher.wait_in_shell(a, 12345)  # returns: the caller's Python loop does the waiting
+    assert execs == []

@@ -223,6 +223,29 @@ def test_a_pooled_connection_mms_closed_is_replaced_and_the_request_sent_once_mo
     assert [(n, body) for n, _, body in mms.requests] == [(1, b"[0]"), (2, b"[1]")]  # MMS saw each request once
 
 
+def test_with_every_pooled_connection_closed_the_second_try_takes_a_fresh_one(tmp_path):
+    # two requests at once pool two connections; MMS closes both while idle; the next request finds the
+    # first dead and must not try the second, just as dead: its one retry is on a new connection
+    path = str(tmp_path / "mms.sock")
+
+    async def run():
+        async with ScriptedMMS(path, [(ok(b"a"), "close"), (ok(b"b"), "close"), (ok(b"c"), "keep")]) as mms:
+            upstream = Upstream(path)
+            try:
+                first = await asyncio.gather(*(upstream.request("POST", "/models/m/invoke", body=b"[0]") for _ in "ab"))
+                await asyncio.sleep(0.1)  # both ends reach the client while the connections are pooled
+                pooled_before = len(upstream._idle)
+                third = await asyncio.wait_for(upstream.request("POST", "/models/m/invoke", body=b"[1]"), 10)
+                return first, pooled_before, third, mms
+            finally:
+                upstream.close()
+
+    first, pooled_before, third, mms = asyncio.run(run())
+    assert sorted(r.body for r in first) == [b"a", b"b"] and pooled_before == 2
+    assert third.status == 200 and third.body == b"c"
+    assert mms.connections == 3 and [body for _, _, body in mms.requests].count(b"[1]") == 1
+
+
 def test_an_answer_without_length_is_read_to_the_end_and_its_connection_not_pooled(tmp_path):
     to_eof = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n" + b"x" * 100_000
     results, mms, pooled = talk(str(tmp_path / "mms.sock"), [(to_eof, "close"), (ok(b"next"), "keep")], 2)

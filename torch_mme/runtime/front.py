@@ -61,7 +61,7 @@ from torch_mme.runtime.lifecycle import (
 from torch_mme.runtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from torch_mme.runtime.metrics import ModelMetrics
 from torch_mme.runtime.registry import ModelRecord, Registry
-from torch_mme.runtime.upstream import UnsafeRequest, Upstream, UpstreamError, UpstreamTimeout
+from torch_mme.runtime.upstream import UnsafeRequest, Upstream, UpstreamError
 from torch_mme.settings import Settings
 
 log = logging.getLogger("torch_mme.runtime.front")
@@ -164,11 +164,11 @@ class Front:
             return await self._dispatch(request)
         except UnsafeRequest as exc:
             return error(exc)
-        except UpstreamTimeout as exc:
+        except UpstreamError as exc:  # a timeout too
             log.error("%s %s: %s", request.method, request.path, exc)
             return error(exc)
-        except UpstreamError as exc:
-            log.error("%s %s: %s", request.method, request.path, exc)
+        except errors.ServingError as exc:  # any other error of the hierarchy: its own status, never a 500
+            log.info("%s %s: %s", request.method, request.path, exc)
             return error(exc)
 
     async def _dispatch(self, request: Request) -> Response:

@@ -99,6 +99,8 @@ class _Lines:
 
 def wait_in_shell(conn: "_socket.socket", pid: int) -> None:
     """Become ``waiter.sh`` (the same process, so MMS still watches it); returns only if that fails."""
+    if not posix.access(WAITER, posix.R_OK):  # the shell would start, fail to read it and end the model
+        return
     try:
         posix.dup2(conn.fileno(), TEMPLATE_FD)
         posix.set_inheritable(TEMPLATE_FD, True)

@@ -87,7 +87,7 @@ class Upstream:
         head += [f"{k}: {v}" for k, v in headers]
         head_bytes = ("\r\n".join(head) + "\r\n\r\n").encode("ascii")
         for attempt in (0, 1):
-            reused = bool(self._idle)
+            reused = attempt == 0 and bool(self._idle)  # the second try always on a fresh connection
             reader, writer = self._idle.pop() if reused else await self._connect()
             try:
                 if len(body) < 16384:
