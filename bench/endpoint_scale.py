@@ -64,6 +64,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from bench.common import JSON_TYPE, finish, new_result, summarize, tail, write_results
 from bench.report import header_lines, table
+from tests.support.endpoint import read_metrics
+from tests.support.models import ECHO_OWN_NAME
 from torch_mme.endpoint.naming import model_name
 from torch_mme.tools.local_server import LocalEndpoint
 from torch_mme.tools.packaging import pack
@@ -82,21 +84,6 @@ template's pages are its own until a model shares them). The budget leaves half 
 the capacity is the same for any base between 200 and 400 MB."""
 HEADROOM_MB = 64
 FLAT_GOAL = 1.25
-MODEL_SOURCE = """
-    import os
-
-    def model_fn(model_dir):
-        return os.path.basename(os.path.dirname(os.path.abspath(model_dir)))
-
-    def input_fn(body, content_type):
-        return body
-
-    def predict_fn(data, model):
-        return model
-
-    def output_fn(prediction, accept):
-        return {"model": prediction}, "application/json"
-"""
 _HIT = re.compile(r"torch_mme\.endpoint\.metrics - metric ModelCacheHit=([01])\.000 target=(.*)$")
 _LOADED = re.compile(r"torch_mme\.endpoint - loaded \S+ as \S+$")
 _UNLOADED = re.compile(r"torch_mme\.endpoint - (?:container has no room for|invoking) .*; unloading \S+$")
@@ -156,15 +143,6 @@ def endpoint_log(path: Path) -> list[dict[str, Any]]:
         if requests:
             requests[-1]["held"] = held
     return requests
-
-
-def read_metrics(endpoint: LocalEndpoint) -> dict[str, float]:
-    values: dict[str, float] = {}
-    for line in endpoint.metrics().splitlines():
-        if line and not line.startswith("#"):
-            series, _, value = line.rpartition(" ")
-            values[series] = float(value)
-    return values
 
 
 def cpu_s(process: psutil.Process) -> float:
@@ -545,7 +523,7 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict[str, Any]:
         base = Path(tmp)
         model = base / "build" / "model"
         (model / "code").mkdir(parents=True)
-        (model / "code" / "inference.py").write_text(textwrap.dedent(MODEL_SOURCE))
+        (model / "code" / "inference.py").write_text(textwrap.dedent(ECHO_OWN_NAME))
         (model / "torch-mme.json").write_text(json.dumps({"memory_mb": MODEL_MB}))
         artifact = base / "build" / "model.tar.gz"
         artifact_bytes = pack(str(model), str(artifact))

@@ -14,26 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.support.models import ECHO_OWN_NAME
 from torch_mme.endpoint.naming import model_name
 from torch_mme.tools.local_server import LocalEndpoint
 from torch_mme.tools.packaging import pack
 
 MODELS, REQUESTS, CAPACITY = 200, 200, 4
-ECHO_NAME = """
-    import os
-
-    def model_fn(model_dir):
-        return os.path.basename(os.path.dirname(os.path.abspath(model_dir)))
-
-    def input_fn(body, content_type):
-        return body
-
-    def predict_fn(data, model):
-        return model
-
-    def output_fn(prediction, accept):
-        return {"model": prediction}, "application/json"
-"""
 # Each model declares 500 MB: with serve's own processes anywhere between 100 and 600 MB (~240-370 MB measured),
 # 2700 - 100 headroom - base leaves room for exactly 4.
 BUDGET = {"TORCH_MME_MEMORY_BUDGET_MB": "2700", "TORCH_MME_MEMORY_HEADROOM_MB": "100"}
@@ -66,7 +52,7 @@ def metrics(endpoint: LocalEndpoint) -> dict[str, float]:
 def test_a_zipf_stream_over_200_models_is_served_as_an_ideal_lru_of_the_endpoints_capacity(tmp_path: Path):
     model = tmp_path / "build"
     (model / "code").mkdir(parents=True)
-    (model / "code" / "inference.py").write_text(textwrap.dedent(ECHO_NAME))
+    (model / "code" / "inference.py").write_text(textwrap.dedent(ECHO_OWN_NAME))
     (model / "torch-mme.json").write_text(json.dumps({"memory_mb": 500}))
     store = tmp_path / "store"
     store.mkdir()

@@ -12,6 +12,24 @@ import torch
 JSON_TYPE = "application/json"
 FEATURES, OUTPUTS = 16, 4
 
+ECHO_OWN_NAME = """
+    import os
+
+    def model_fn(model_dir):
+        return os.path.basename(os.path.dirname(os.path.abspath(model_dir)))
+
+    def input_fn(body, content_type):
+        return body
+
+    def predict_fn(data, model):
+        return model
+
+    def output_fn(prediction, accept):
+        return {"model": prediction}, "application/json"
+"""
+"""A ``code/inference.py`` (dedent it) that answers ``{"model": <its folder's parent's name>}``: every answer
+says which model served it (the endpoint's Zipf test and benchmark)."""
+
 
 def write_model(model_dir: Path, seed: int) -> torch.nn.Module:
     """A scripted ``nn.Linear(16, 4)`` saved as ``model_dir/model.pt``; returns the eager module."""
