@@ -41,7 +41,6 @@ import sys
 import tempfile
 import time
 import urllib.error
-from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +62,7 @@ from bench.common import (
 )
 from bench.report import bullets, document, ms, stats_row, table
 from tests.support.endpoint import ENDPOINT_NAME, delta, invoke, read_metrics, running, start_endpoint
+from tests.support.traffic import lru_hits, zipf_stream
 from torch_mme.endpoint.naming import model_name
 from torch_mme.runtime import processes
 from torch_mme.runtime.admission import Admission
@@ -270,31 +270,6 @@ def measure_hit_miss(
         "boto3_client_p50": hit["p50"] - raw["p50"],
     }
     return result
-
-
-def zipf_stream(models: int, requests: int, seed: int = ZIPF_SEED) -> list[int]:
-    """``requests`` model indices: rank r (1..models) drawn with p ∝ 1/r^1.1, mapped to models by a permutation."""
-    rng = np.random.default_rng(seed)
-    weights = 1.0 / np.arange(1, models + 1) ** ZIPF_EXPONENT
-    model_of_rank = rng.permutation(models)
-    ranks = rng.choice(models, size=requests, p=weights / weights.sum())
-    return [int(model_of_rank[r]) for r in ranks]
-
-
-def lru_hits(stream: list[int], capacity: int) -> list[bool]:
-    """Per request, whether an ideal LRU cache of ``capacity`` models already held it."""
-    cache: OrderedDict[int, None] = OrderedDict()
-    hits = []
-    for model in stream:
-        if model in cache:
-            cache.move_to_end(model)
-            hits.append(True)
-        else:
-            cache[model] = None
-            if len(cache) > capacity:
-                cache.popitem(last=False)
-            hits.append(False)
-    return hits
 
 
 def affordable(stream: list[int], capacity: int, miss_s: float, hit_s: float, budget_s: float) -> tuple[int, float]:
@@ -610,7 +585,7 @@ def run(quick: bool = False, out_dir: str = "bench/results") -> dict[str, Any]:
             "slack_models": SLACK_MODELS,
         }
 
-        stream = zipf_stream(sizes.models, sizes.requests)
+        stream = zipf_stream(sizes.models, sizes.requests, ZIPF_EXPONENT, ZIPF_SEED)
         hm = result["hit_miss"]
         miss_s = hm["miss"]["mean"] / 1e3 * MISS_COST_FACTOR
         hit_s = hm["hit_boto3"]["mean"] / 1e3 + METRICS_READ_S

@@ -52,13 +52,11 @@ import tempfile
 import textwrap
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import psutil
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -66,6 +64,7 @@ from bench.common import JSON_TYPE, finish, new_result, summarize, tail, write_r
 from bench.report import header_lines, table
 from tests.support.endpoint import read_metrics
 from tests.support.models import ECHO_OWN_NAME
+from tests.support.traffic import lru_hits, zipf_stream
 from torch_mme.endpoint.naming import model_name
 from torch_mme.tools.local_server import LocalEndpoint
 from torch_mme.tools.packaging import pack
@@ -105,28 +104,6 @@ QUICK = Sizes(stores=(100, 1000), capacity=5, warmup=50, requests=60, hits=200)
 
 def target(i: int) -> str:
     return f"m{i:05d}.tar.gz"
-
-
-def zipf_stream(models: int, requests: int, seed: int = ZIPF_SEED) -> list[int]:
-    """``requests`` model indices: rank r (1..models) drawn with p ∝ 1/r^1.2, mapped to models by a permutation."""
-    rng = np.random.default_rng(seed)
-    weights = 1.0 / np.arange(1, models + 1) ** ZIPF_EXPONENT
-    model_of_rank = rng.permutation(models)
-    ranks = rng.choice(models, size=requests, p=weights / weights.sum())
-    return [int(model_of_rank[r]) for r in ranks]
-
-
-def lru_hits(stream: list[str], capacity: int) -> list[bool]:
-    """Per request, whether an ideal LRU cache of ``capacity`` models already held it."""
-    cache: OrderedDict[str, None] = OrderedDict()
-    hits = []
-    for key in stream:
-        hits.append(key in cache)
-        cache[key] = None
-        cache.move_to_end(key)
-        if len(cache) > capacity:
-            cache.popitem(last=False)
-    return hits
 
 
 def endpoint_log(path: Path) -> list[dict[str, Any]]:
@@ -183,7 +160,7 @@ class Side:
         self.log_path = base / f"endpoint-{size}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.endpoint = LocalEndpoint(str(self.store), str(models_root), env=env, log=self._log, start_timeout=600)
-        self.stream = [target(i) for i in zipf_stream(size, sizes.requests)]
+        self.stream = [target(i) for i in zipf_stream(size, sizes.requests, ZIPF_EXPONENT, ZIPF_SEED)]
         self.errors: list[dict[str, Any]] = []
         self.client: Any = None
         self.conn: http.client.HTTPConnection | None = None

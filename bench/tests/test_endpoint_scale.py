@@ -41,7 +41,8 @@ def test_the_log_parser_follows_the_routers_hits_loads_and_unloads(tmp_path):
 
 
 def test_the_zipf_stream_is_fixed_by_its_seed_and_favours_low_ranks():
-    stream = endpoint_scale.zipf_stream(1000, 2000)
-    assert stream == endpoint_scale.zipf_stream(1000, 2000)
+    settings = (endpoint_scale.ZIPF_EXPONENT, endpoint_scale.ZIPF_SEED)
+    stream = endpoint_scale.zipf_stream(1000, 2000, *settings)
+    assert stream == endpoint_scale.zipf_stream(1000, 2000, *settings)
     counts = sorted((stream.count(m) for m in set(stream)), reverse=True)
     assert counts[0] > 10 * counts[len(counts) // 2]

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import textwrap
-from collections import OrderedDict
 from pathlib import Path
 
-import numpy as np
-
 from tests.support.models import ECHO_OWN_NAME
+from tests.support.traffic import lru_hits, zipf_stream
 from torch_mme.endpoint.naming import model_name
 from torch_mme.tools.local_server import LocalEndpoint
 from torch_mme.tools.packaging import pack
@@ -23,25 +21,6 @@ MODELS, REQUESTS, CAPACITY = 200, 200, 4
 # Each model declares 500 MB: with serve's own processes anywhere between 100 and 600 MB (~240-370 MB measured),
 # 2700 - 100 headroom - base leaves room for exactly 4.
 BUDGET = {"TORCH_MME_MEMORY_BUDGET_MB": "2700", "TORCH_MME_MEMORY_HEADROOM_MB": "100"}
-
-
-def zipf_stream(models: int, requests: int, seed: int = 17) -> list[int]:
-    rng = np.random.default_rng(seed)
-    weights = 1.0 / np.arange(1, models + 1) ** 1.2
-    model_of_rank = rng.permutation(models)
-    return [int(model_of_rank[r]) for r in rng.choice(models, size=requests, p=weights / weights.sum())]
-
-
-def lru_hits(stream: list[str], capacity: int) -> list[bool]:
-    cache: OrderedDict[str, None] = OrderedDict()
-    hits = []
-    for key in stream:
-        hits.append(key in cache)
-        cache[key] = None
-        cache.move_to_end(key)
-        if len(cache) > capacity:
-            cache.popitem(last=False)
-    return hits
 
 
 def metrics(endpoint: LocalEndpoint) -> dict[str, float]:
@@ -61,7 +40,7 @@ def test_a_zipf_stream_over_200_models_is_served_as_an_ideal_lru_of_the_endpoint
     (store / "zipf").mkdir()
     for target in targets:
         (store / target).write_bytes((tmp_path / "model.tar.gz").read_bytes())
-    stream = [targets[i] for i in zipf_stream(MODELS, REQUESTS)]
+    stream = [targets[i] for i in zipf_stream(MODELS, REQUESTS, 1.2, 17)]
 
     with (
         open(tmp_path / "endpoint.log", "wb") as log,
