@@ -19,6 +19,9 @@ from torch_mme.errors import ModelLoadError, OutOfMemory, ServingError, brief, i
 from torch_mme.settings import Settings
 
 log = logging.getLogger("handler")
+# MMS's worker logs a "[METRICS]PredictionTime..." line for every request, which MMS's Java reads from the
+# worker's output, parses and drops (its model metrics are off here); the front's /metrics has the time.
+logging.getLogger("mms.service").setLevel(logging.WARNING)
 _service = PyTorchHandler()
 
 

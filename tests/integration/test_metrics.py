@@ -67,6 +67,10 @@ def test_per_model_metrics_count_what_happened(tmp_path):
     log = (tmp_path / "serve.log").read_text()
     assert "loaded a (TargetModel team/a.tar.gz)" in log
     assert "unloaded a (TargetModel team/a.tar.gz)" in log
+    # no log line per request (CloudWatch bills each): MMS's "Backend response time" and its worker's
+    # "[METRICS]" lines are dropped; a worker's own lines ("Connecting to", load messages) still show
+    assert "Backend response time" not in log and "[METRICS]" not in log
+    assert "Connecting to" in log
 
 
 def test_metrics_can_be_turned_off(tmp_path):
