@@ -68,7 +68,31 @@ class FakeMms:
         headers: list[tuple[str, str]] | None = None,
         body: bytes = b"",
         timeout: float | None = None,
+        waiters: set[asyncio.Future] | None = None,
     ) -> Response:
+        if waiters is None:
+            return await self._answer(method, path, body)
+        # as ``Upstream``: the answer's future is in ``waiters`` while awaited; an exception set on it ends the wait
+        answer = asyncio.get_running_loop().create_future()
+        call = asyncio.ensure_future(self._answer(method, path, body))
+
+        def settle(done: asyncio.Future) -> None:
+            if answer.done() or done.cancelled():
+                return
+            if done.exception() is not None:
+                answer.set_exception(done.exception())
+            else:
+                answer.set_result(done.result())
+
+        call.add_done_callback(settle)
+        waiters.add(answer)
+        try:
+            return await answer
+        finally:
+            waiters.discard(answer)
+            call.cancel()
+
+    async def _answer(self, method: str, path: str, body: bytes) -> Response:
         self.calls.append((method, path))
         parts = path.split("?", 1)[0].split("/")
         if path == "/ping":

@@ -272,3 +272,41 @@ def test_an_answer_cut_short_is_an_error_not_a_hang_and_is_not_sent_again(tmp_pa
     assert isinstance(results[1], UpstreamError) and not isinstance(results[1], UpstreamTimeout)
     assert "connection failed" in str(results[1])
     assert len(mms.requests) == 2  # MMS may have run it: not sent a second time
+
+
+def test_an_answer_given_up_ends_its_wait_and_its_connection_and_the_next_request_gets_its_own_answer(tmp_path):
+    """A restart sets an exception on the answers waiting on MMS (``Registry.abandon``): the wait ends at
+    once, and the connection that still owes that answer is closed, never pooled for the next request."""
+    path = str(tmp_path / "mms.sock")
+
+    async def run():
+        async with ScriptedMMS(path, [(ok(b"second"), "keep")]) as mms:
+            original, accepted = mms._serve, []
+
+            async def slow_first(reader, writer):
+                accepted.append(writer)
+                if len(accepted) == 1:
+                    await asyncio.sleep(0.5)  # the first connection answers late
+                await original(reader, writer)
+
+            mms.server.close()
+            mms.server = await asyncio.start_unix_server(slow_first, path)
+            upstream = Upstream(path)
+            waiters: set[asyncio.Future] = set()
+            try:
+                call = asyncio.ensure_future(upstream.request("POST", "/models/m/invoke", body=b"[0]", waiters=waiters))
+                while not waiters:
+                    await asyncio.sleep(0.01)
+                next(iter(waiters)).set_exception(RuntimeError("abandoned"))
+                with pytest.raises(RuntimeError, match="abandoned"):
+                    await asyncio.wait_for(call, 2)
+                assert waiters == set() and upstream._idle == []
+                second = await asyncio.wait_for(upstream.request("POST", "/models/m/invoke", body=b"[1]"), 5)
+                return second, mms, len(accepted)
+            finally:
+                upstream.close()
+
+    second, mms, connections = asyncio.run(run())
+    assert second.status == 200 and second.body == b"second"
+    assert connections == 2  # the given-up connection was closed, not reused
+    assert [body for _, _, body in mms.requests] == [b"[1]"]  # the first was never answered

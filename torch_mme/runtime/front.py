@@ -172,7 +172,12 @@ class Front:
             return error(exc)
 
     async def _dispatch(self, request: Request) -> Response:
-        segments = request.path.split("/")
+        path = request.path
+        if request.method == "POST" and path.startswith("/models/") and path.endswith("/invoke"):
+            name = path[8:-7]  # the route every invocation takes, found without the general walk below
+            if MODEL_NAME.fullmatch(name):
+                return await self.invoke(request, name)
+        segments = path.split("/")
         if segments[0] != "" or len(segments) < 2:
             return error(errors.BadRequest("the request target must be an absolute path"))
         shape, args = [], []
@@ -235,9 +240,12 @@ class Front:
                 timing_value = value
                 del response.headers[position]
                 break
-        if self.metrics is not None:
+        if self.metrics is not None:  # recorded once the answer is written: not in the client's wait
             label = name if name in self.registry else NOT_LOADED
-            self.metrics.invoked(label, response.status, time.perf_counter() - started, timing_value, sent_at)
+            elapsed = time.perf_counter() - started
+            asyncio.get_running_loop().call_soon(
+                self.metrics.invoked, label, response.status, elapsed, timing_value, sent_at
+            )
         return response
 
     async def _invoke(self, request: Request, name: str) -> Response:
@@ -245,19 +253,25 @@ class Front:
             self.lifecycle.check_serving(name)
         except Refused as exc:
             return _refusal(exc)
-        headers = [
-            (k, v) for k, v in request.headers if k.lower() in FORWARDED_HEADERS or k.lower().startswith("x-amzn-")
-        ]
-        types = [v for k, v in headers if k.lower() == "content-type"]
-        mime = types[0].split(";", 1)[0].strip().lower() if types else ""
-        if len(types) > 1:
-            return error(errors.BadRequest("a request has one Content-Type header"))
-        if mime in FORM_TYPES or mime.startswith("multipart/"):
-            return error(errors.UnsupportedContentType(f"Content-Type {mime!r} is not supported"))
-        try:
-            held = await self.to_mms.acquire(len(request.body))
-        except QueueFull as exc:
-            return _busy(str(exc))
+        headers, types = [], []
+        for key, value in request.headers:
+            lower = key.lower()
+            if lower in FORWARDED_HEADERS or lower.startswith("x-amzn-"):
+                headers.append((key, value))
+                if lower == "content-type":
+                    types.append(value)
+        if types:
+            if len(types) > 1:
+                return error(errors.BadRequest("a request has one Content-Type header"))
+            mime = types[0].split(";", 1)[0].strip().lower()
+            if mime in FORM_TYPES or mime.startswith("multipart/"):
+                return error(errors.UnsupportedContentType(f"Content-Type {mime!r} is not supported"))
+        held = self.to_mms.try_acquire(len(request.body))  # room now: no coroutine to wait in
+        if not held:
+            try:
+                held = await self.to_mms.acquire(len(request.body))
+            except QueueFull as exc:
+                return _busy(str(exc))
         try:
             return _one_line(await self.lifecycle.invoke(name, headers, request.body))
         except Refused as exc:

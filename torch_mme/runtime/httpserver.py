@@ -241,6 +241,9 @@ class _Connection(asyncio.BufferedProtocol):
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.deadline: float | None = None
+        self.on_expiry: ServingError | None = None
+        self.linger: asyncio.TimerHandle | None = None
         self.closed = False
         self.discarding = False
         self.pending: collections.deque[Request] = collections.deque()
@@ -285,7 +288,7 @@ class _Connection(asyncio.BufferedProtocol):
             self.reserve_task.cancel()  # its place in the queue goes to the next one
         self.closed = True
         self.server.connections.discard(self)
-        self._cancel_timer()
+        self._drop_timer()
         self._release_receiving()
         self._drained.set()
 
@@ -293,7 +296,7 @@ class _Connection(asyncio.BufferedProtocol):
         """Close (after what is buffered is written), or ``abort``: drop it, for a client that does not read."""
         if not self.closed:
             self.closed = True
-            self._cancel_timer()
+            self._drop_timer()
             self._release_receiving()
             if self.transport is not None:
                 if abort:
@@ -341,16 +344,39 @@ class _Connection(asyncio.BufferedProtocol):
 
     # --- timers ----------------------------------------------------------------------------------
     def _set_timer(self, seconds: float, on_expiry: ServingError | None) -> None:
-        self._cancel_timer()
-        self.timer = self.loop.call_later(seconds, self._expired, on_expiry)
+        """Move the connection's one deadline (``on_expiry``: the answer then, None: just close).
+
+        A request moves it three times (head, body, idle); the loop's timer is re-armed only when the new
+        deadline is earlier than the one armed, and an armed timer that finds a later deadline re-arms itself.
+        """
+        deadline = self.loop.time() + seconds
+        self.deadline, self.on_expiry = deadline, on_expiry
+        if self.timer is None or self.timer.when() > deadline:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = self.loop.call_at(deadline, self._timer_fired)
 
     def _cancel_timer(self) -> None:
+        self.deadline = None  # an armed timer finds no deadline and stops
+
+    def _drop_timer(self) -> None:
+        self.deadline = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
 
-    def _expired(self, answer: ServingError | None) -> None:
+    def _timer_fired(self) -> None:
         self.timer = None
+        deadline = self.deadline
+        if deadline is None:
+            return
+        if deadline > self.loop.time():
+            self.timer = self.loop.call_at(deadline, self._timer_fired)
+            return
+        self.deadline = None
+        self._expired(self.on_expiry)
+
+    def _expired(self, answer: ServingError | None) -> None:
         if answer is None or self.worker is not None:
             self.close()  # idle keep-alive connection (or the answer in progress closes it)
         else:
@@ -468,9 +494,10 @@ class _Connection(asyncio.BufferedProtocol):
         self._reset_message()
         self.pending.append(request)
         self._cancel_timer()
-        self._pause_reading()  # one request at a time: a pipelined one waits in the socket
         if self.worker is None:
             self.worker = self.loop.create_task(self._answer_pending())
+        else:
+            self._pause_reading()  # one request answered at a time: a second pipelined one waits in the socket
 
     # --- answering -------------------------------------------------------------------------------
     async def _answer_pending(self) -> None:
@@ -559,8 +586,8 @@ class _Connection(asyncio.BufferedProtocol):
         if self.transport is not None and self.transport.can_write_eof():
             with contextlib.suppress(OSError, RuntimeError):
                 self.transport.write_eof()
-        self._cancel_timer()
-        self.timer = self.loop.call_later(LINGER_S, self.close, True)  # unread by then: dropped
+        self._drop_timer()
+        self.linger = self.loop.call_later(LINGER_S, self.close, True)  # unread by then: dropped
 
     def _pause_reading(self) -> None:
         if self.reading and self.transport is not None and not self.closed:

@@ -37,7 +37,7 @@ from torch_mme.runtime import processes
 from torch_mme.runtime.admission import MB, Admission
 from torch_mme.runtime.httpserver import Response
 from torch_mme.runtime.metrics import ModelMetrics
-from torch_mme.runtime.registry import ModelRecord, Registry, Slot, State
+from torch_mme.runtime.registry import Abandoned, ModelRecord, Registry, Slot, State
 from torch_mme.runtime.upstream import Upstream
 from torch_mme.runtime.watchdog import Watchdog
 from torch_mme.settings import Settings
@@ -136,30 +136,18 @@ class Lifecycle:
         """MMS's answer for one request, in flight under the model's name until then; ``Restarting`` if the
         model's processes die meanwhile (MMS would hold the request until its timeout)."""
         self.check_serving(name)  # again: the front may have waited for room in ``to_mms`` since
-        loop = asyncio.get_running_loop()
         with self.registry.in_use(name) as flight:
-            call = loop.create_task(
-                self.upstream.request(
-                    "POST", model_path(name, "/invoke"), headers, body, timeout=self.settings.timeout_s + 30.0
-                )
-            )
-            abandoned = loop.create_future()  # True from ``registry.abandon``, False when MMS answered
-
-            def answered(_: asyncio.Task) -> None:
-                if not abandoned.done():
-                    abandoned.set_result(False)
-
-            call.add_done_callback(answered)
-            flight.waiters.add(abandoned)
             try:
-                await abandoned
-            finally:
-                flight.waiters.discard(abandoned)
-                if not call.done():
-                    call.cancel()  # abandoned, or the server is stopping: MMS's answer is not awaited
-            if not call.done():
-                raise Restarting(name)
-            return call.result()
+                return await self.upstream.request(
+                    "POST",
+                    model_path(name, "/invoke"),
+                    headers,
+                    body,
+                    timeout=self.settings.timeout_s + 30.0,
+                    waiters=flight.waiters,  # ``registry.abandon`` ends the wait
+                )
+            except Abandoned:
+                raise Restarting(name) from None
 
     # --- load ------------------------------------------------------------------------------------
     async def load(self, record: ModelRecord) -> Response:

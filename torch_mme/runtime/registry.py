@@ -98,6 +98,10 @@ class Slot:
     """Set when the slot moves (a fresh event per state): waiters then look at the table again."""
 
 
+class Abandoned(Exception):
+    """Set by ``Registry.abandon`` on the answer of a request waiting on MMS: its model is being restarted."""
+
+
 class Flight:
     """The requests to one model name now in the front's hands (between admission and MMS's answer)."""
 
@@ -106,7 +110,7 @@ class Flight:
     def __init__(self) -> None:
         self.count = 0
         self.waiters: set[asyncio.Future] = set()
-        """One future per request waiting on MMS: ``abandon`` resolves them (a restart answers them 503)."""
+        """The answer's future of each request waiting on MMS: ``abandon`` ends them (a restart answers them 503)."""
         self.idle: asyncio.Event | None = None
         """Made by an unload that waits for the count to reach 0; set when it does."""
 
@@ -251,9 +255,10 @@ class Registry:
         return True
 
     def abandon(self, name: str) -> int:
-        """Answer now every request to ``name`` waiting on MMS (their callers see ``True``); how many there were."""
+        """End now the wait of every request to ``name`` waiting on MMS (their callers get ``Abandoned``); how
+        many there were."""
         flight = self._flights.get(name)
         waiters = [w for w in flight.waiters if not w.done()] if flight is not None else []
         for waiter in waiters:
-            waiter.set_result(True)
+            waiter.set_exception(Abandoned(name))
         return len(waiters)

@@ -67,11 +67,22 @@ class UpstreamTimeout(UpstreamError, ModelServerTimeout):
     """MMS did not answer in time (a request queued for a worker that will never take it; 504)."""
 
 
+class _ClosedBeforeAnswer(UpstreamError):
+    """The connection ended before the first byte of an answer: MMS closed it while it was idle in the pool.
+
+    Only this is sent again; a request whose answer was cut short is not (MMS may have run it already).
+    """
+
+
+MAX_HEAD = 2**20
+"""The most an answer's status line and headers may take."""
+
+
 class Upstream:
     def __init__(self, socket_path: str, pool_size: int = 64) -> None:
         self.socket_path = socket_path
         self.pool_size = pool_size
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._idle: list[_Connection] = []
 
     async def request(
         self,
@@ -80,107 +91,224 @@ class Upstream:
         headers: list[tuple[str, str]] | None = None,
         body: bytes = b"",
         timeout: float | None = None,
+        waiters: set[asyncio.Future] | None = None,
     ) -> Response:
-        headers = [(k, v) for k, v in headers or () if k.lower() not in HOP_BY_HOP]
-        check_request(method, path, headers)
-        head = [f"{method} {path} HTTP/1.1", "Host: mms", f"Content-Length: {len(body)}"]
-        head += [f"{k}: {v}" for k, v in headers]
+        """MMS's answer; ``waiters``, when given, holds the answer's future while it is awaited, so that an
+        exception set on it (``Registry.abandon``) ends the wait, and the connection, whose answer is not read."""
+        check_request(method, path, ())
+        head = [f"{method} {path} HTTP/1.1\r\nHost: mms\r\nContent-Length: {len(body)}"]
+        for name, value in headers or ():
+            if name.lower() in HOP_BY_HOP:
+                continue
+            if not SAFE_NAME.fullmatch(name) or not SAFE_VALUE.fullmatch(value):
+                raise UnsafeRequest(f"header {name[:40]!r} holds a control or a non-ASCII character")
+            head.append(f"{name}: {value}")
         head_bytes = ("\r\n".join(head) + "\r\n\r\n").encode("ascii")
+        loop = asyncio.get_running_loop()
         for attempt in (0, 1):
-            reused = attempt == 0 and bool(self._idle)  # the second try always on a fresh connection
-            reader, writer = self._idle.pop() if reused else await self._connect()
+            conn = self._pooled() if attempt == 0 else None  # the second try always on a fresh connection
+            reused = conn is not None
+            if conn is None:
+                conn = await self._connect(loop)
+            answer = conn.send(head_bytes, body)
+            timer = loop.call_later(timeout, conn.time_out, timeout) if timeout is not None else None
+            if waiters is not None:
+                waiters.add(answer)
             try:
-                if len(body) < 16384:
-                    writer.write(head_bytes + body)
-                else:
-                    writer.writelines([head_bytes, body])  # a large body is not copied
-                if hasattr(asyncio, "timeout"):  # 3.11+: no task per request, as wait_for makes
-                    async with asyncio.timeout(timeout):
-                        response, keep = await _read_response(reader)
-                else:
-                    response, keep = await asyncio.wait_for(_read_response(reader), timeout)
-            except asyncio.TimeoutError:
-                writer.close()
-                raise UpstreamTimeout(f"the model server did not answer within {timeout:.0f} s") from None
-            except (ConnectionError, asyncio.IncompleteReadError, UpstreamError) as exc:
-                writer.close()
-                if reused and attempt == 0 and isinstance(exc, _ClosedBeforeAnswer):
+                response, keep = await answer
+            except _ClosedBeforeAnswer:
+                conn.close()
+                if reused and attempt == 0:
                     continue  # a pooled connection MMS closed while idle: once more on a fresh one
-                raise UpstreamError(f"model server connection failed: {exc}") from exc
-            except BaseException:
-                writer.close()
                 raise
+            except BaseException:
+                conn.close()  # timed out, cut short, abandoned or cancelled: its answer is not read
+                raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                if waiters is not None:
+                    waiters.discard(answer)
             if keep and len(self._idle) < self.pool_size:
-                self._idle.append((reader, writer))
+                self._idle.append(conn)
             else:
-                writer.close()
+                conn.close()
             return response
         raise AssertionError("unreachable")
 
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    def _pooled(self) -> _Connection | None:
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Connection:
         try:
-            return await asyncio.open_unix_connection(self.socket_path, limit=2**20)
+            _, conn = await loop.create_unix_connection(_Connection, self.socket_path)
         except OSError as exc:
             raise UpstreamError(f"model server is not reachable: {exc}") from exc
+        return conn
 
     def close(self) -> None:
-        for _, writer in self._idle:
-            writer.close()
+        for conn in self._idle:
+            conn.close()
         self._idle.clear()
 
 
-class _ClosedBeforeAnswer(UpstreamError):
-    """The connection ended before the first byte of an answer: MMS closed it while it was idle in the pool.
+class _Connection(asyncio.Protocol):
+    """One connection to MMS, one request at a time: ``send`` returns the future of its answer, which the
+    bytes are parsed into as they arrive (no reader task, no future per read)."""
 
-    Only this is sent again; a request whose answer was cut short is not (MMS may have run it already).
-    """
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.answer: asyncio.Future | None = None
+        self.buffer = bytearray()
+        self.head: tuple[int, list[tuple[str, str]], int | None, bool, bool] | None = None
+        """Status, headers, Content-Length (None: chunked or to the end), chunked, keep-alive."""
+        self.chunks: list[bytes] = []
+        self.chunk_left: int | None = None
+        """Bytes of the current chunk still to come (with its CRLF), None between chunks."""
+        self.in_trailers = False
+
+    # --- the caller's side -----------------------------------------------------------------------
+    def send(self, head: bytes, body: bytes) -> asyncio.Future:
+        assert self.transport is not None and self.answer is None
+        self.answer = self.loop.create_future()
+        self.buffer.clear()
+        self.head, self.chunks, self.chunk_left, self.in_trailers = None, [], None, False
+        if len(body) < 16384:
+            self.transport.write(head + body)
+        else:
+            self.transport.writelines([head, body])  # a large body is not copied
+        return self.answer
+
+    def time_out(self, seconds: float) -> None:
+        if self.answer is not None:
+            self._fail(UpstreamTimeout(f"the model server did not answer within {seconds:.0f} s"))
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    # --- the protocol's side ---------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.answer is None or self.answer.done():
+            self.close()  # bytes nobody asked for (or for an answer given up): the connection is not reusable
+            return
+        self.buffer += data
+        try:
+            self._parse()
+        except UpstreamError as exc:
+            self._fail(exc)
+
+    def eof_received(self) -> bool:
+        self._ended()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._ended(exc)
+
+    def _ended(self, exc: Exception | None = None) -> None:
+        if self.answer is None or self.answer.done():
+            return
+        if self.head is None and not self.buffer:
+            why = f": {exc}" if exc is not None else ""
+            self._fail(_ClosedBeforeAnswer(f"closed before answering{why}"))
+        elif self.head is not None and self.head[2] is None and not self.head[3]:
+            status, headers, _, _, _ = self.head
+            self._answered(Response(status, headers, bytes(self.buffer)), keep=False)  # read to the end
+        else:
+            self._fail(UpstreamError(f"model server connection failed: closed mid-answer{f' ({exc})' if exc else ''}"))
+
+    def _fail(self, exc: Exception) -> None:
+        answer, self.answer = self.answer, None
+        self.close()
+        if answer is not None and not answer.done():
+            answer.set_exception(exc)
+
+    def _answered(self, response: Response, keep: bool) -> None:
+        answer, self.answer = self.answer, None
+        self.buffer.clear()
+        if answer is not None and not answer.done():
+            answer.set_result((response, keep))
+        else:
+            self.close()
+
+    def _parse(self) -> None:
+        if self.head is None:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buffer) > MAX_HEAD:
+                    raise UpstreamError("model server connection failed: an answer's head is too large")
+                return
+            self.head = _parse_head(bytes(self.buffer[:end]))
+            del self.buffer[: end + 4]
+        status, headers, length, chunked, keep = self.head
+        if chunked:
+            body = self._parse_chunks()
+            if body is not None:
+                self._answered(Response(status, headers, body), keep)
+        elif length is not None and len(self.buffer) >= length:
+            self._answered(Response(status, headers, bytes(self.buffer[:length])), keep)
+
+    def _parse_chunks(self) -> bytes | None:
+        """The whole chunked body once its last chunk and trailers are in; None until then."""
+        buffer = self.buffer
+        while True:
+            if self.chunk_left is not None:
+                if len(buffer) < self.chunk_left:
+                    return None
+                self.chunks.append(bytes(buffer[: self.chunk_left - 2]))
+                del buffer[: self.chunk_left]
+                self.chunk_left = None
+            end = buffer.find(b"\r\n")
+            if end < 0:
+                return None
+            line = bytes(buffer[:end])
+            del buffer[: end + 2]
+            if self.in_trailers:
+                if not line:
+                    return b"".join(self.chunks)
+                continue
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise UpstreamError(f"model server connection failed: bad chunk size {line[:40]!r}") from None
+            if size == 0:
+                self.in_trailers = True
+            else:
+                self.chunk_left = size + 2
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[Response, bool]:
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError as exc:
-        if exc.partial:
-            raise
-        raise _ClosedBeforeAnswer("closed before answering") from exc
-    except ConnectionError as exc:
-        raise _ClosedBeforeAnswer(f"closed before answering: {exc}") from exc
+def _parse_head(head: bytes) -> tuple[int, list[tuple[str, str]], int | None, bool, bool]:
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
     if len(parts) < 2 or not parts[1].isdigit():
         raise UpstreamError(f"bad status line {lines[0]!r}")
-    status = int(parts[1])
     headers, length, chunked, keep = [], None, False, True
     for line in lines[1:]:
-        if not line:
-            continue
         name, _, value = line.partition(":")
         name, value = name.strip(), value.strip()
         lower = name.lower()
-        if lower == "content-length":
+        if lower not in HOP_BY_HOP:
+            if name:
+                headers.append((name, value))
+        elif lower == "content-length":
+            if not value.isdigit():
+                raise UpstreamError(f"bad Content-Length {value[:40]!r}")
             length = int(value)
         elif lower == "transfer-encoding":
             chunked = "chunked" in value.lower()
         elif lower == "connection":
             keep = value.lower() != "close"
-        if lower not in HOP_BY_HOP:
-            headers.append((name, value))
     if chunked:
-        body = await _read_chunked(reader)
-    elif length is not None:
-        body = await reader.readexactly(length)
-    else:
-        body, keep = await reader.read(), False
-    return Response(status, headers, body), keep
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    parts = []
-    while True:
-        size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0].strip(), 16)
-        if size == 0:
-            while (await reader.readuntil(b"\r\n")) != b"\r\n":
-                pass  # trailers
-            return b"".join(parts)
-        parts.append(await reader.readexactly(size))
-        await reader.readexactly(2)
+        length = None
+    return int(parts[1]), headers, length, chunked, keep
