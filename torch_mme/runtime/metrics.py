@@ -14,12 +14,13 @@ turns all of it off (``/metrics`` then answers 404).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 from handler.timing import parse_timing
 
@@ -28,52 +29,94 @@ BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
-@dataclass
-class _Series:
-    """One model's invocation series, looked up once."""
+class _Histogram:
+    """One model's histogram as plain numbers: a bucket index and two additions per observation."""
 
-    requests: dict[int, Any]
-    latency: Any
-    queued: Any
-    inference: Any
-    batch: Any
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # the first bucket whose bound >= value
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        buckets, total = [], 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            total += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), total))
+        return buckets
+
+
+class _Series:
+    """One model's invocation series."""
+
+    __slots__ = ("requests", "latency", "queued", "inference", "batch")
+
+    def __init__(self) -> None:
+        self.requests: dict[int, int] = {}
+        self.latency = _Histogram(SECONDS)
+        self.queued = _Histogram(SECONDS)
+        self.inference = _Histogram(SECONDS)
+        self.batch = _Histogram(BATCHES)
+
+
+_HISTOGRAMS = (
+    (
+        "latency",
+        "torch_mme_model_request_seconds",
+        "Invocation latency in the container, from the front to MMS and back",
+    ),
+    (
+        "queued",
+        "torch_mme_model_queue_seconds",
+        "Time from the front sending an invocation to the handler receiving it (MMS's queue and batching)",
+    ),
+    (
+        "inference",
+        "torch_mme_model_inference_seconds",
+        "Time the handler spent on the batch the invocation was in (decode, predict, encode)",
+    ),
+    ("batch", "torch_mme_model_batch_size", "Requests in the batch an invocation ran in"),
+)
+
+
+class _Invocations:
+    """The per-invocation series, kept as plain numbers and turned into metric families only when scraped.
+
+    prometheus_client's ``Counter``/``Histogram`` take a lock and several calls for every increment: with
+    five series per invocation that was the largest part of the front's own work per request. The front's
+    event loop is the only writer, and ``/metrics`` is answered on that loop too, so no lock is needed.
+    """
+
+    def __init__(self) -> None:
+        self.series: dict[str, _Series] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "torch_mme_model_requests", "Invocations answered, by model and status", labels=["model", "status"]
+        )
+        for model, series in self.series.items():
+            for status, count in series.requests.items():
+                requests.add_metric([model, str(status)], count)
+        yield requests
+        for attribute, name, documentation in _HISTOGRAMS:
+            family = HistogramMetricFamily(name, documentation, labels=["model"])
+            for model, series in self.series.items():
+                histogram = getattr(series, attribute)
+                family.add_metric([model], histogram.cumulative(), histogram.sum)
+            yield family
 
 
 class ModelMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
-            "torch_mme_model_requests", "Invocations answered, by model and status", ["model", "status"], registry=r
-        )
-        self.latency = Histogram(
-            "torch_mme_model_request_seconds",
-            "Invocation latency in the container, from the front to MMS and back",
-            ["model"],
-            buckets=SECONDS,
-            registry=r,
-        )
-        self.queued = Histogram(
-            "torch_mme_model_queue_seconds",
-            "Time from the front sending an invocation to the handler receiving it (MMS's queue and batching)",
-            ["model"],
-            buckets=SECONDS,
-            registry=r,
-        )
-        self.inference = Histogram(
-            "torch_mme_model_inference_seconds",
-            "Time the handler spent on the batch the invocation was in (decode, predict, encode)",
-            ["model"],
-            buckets=SECONDS,
-            registry=r,
-        )
-        self.batch = Histogram(
-            "torch_mme_model_batch_size",
-            "Requests in the batch an invocation ran in",
-            ["model"],
-            buckets=BATCHES,
-            registry=r,
-        )
+        self._invocations = _Invocations()
+        r.register(self._invocations)
         self.loads = Counter("torch_mme_model_loads", "LoadModel calls, by outcome", ["model", "outcome"], registry=r)
         self.load_seconds = Histogram(
             "torch_mme_model_load_seconds", "LoadModel time of successful loads", ["model"], buckets=SECONDS, registry=r
@@ -86,22 +129,12 @@ class ModelMetrics:
             "torch_mme_model_resident_bytes", "USS of the model's processes, measured at load", ["model"], registry=r
         )
         self.loaded = Gauge("torch_mme_loaded_models", "Models loaded now", registry=r)
-        self._series: dict[str, _Series] = {}
 
     def invoked(self, model: str, status: int, seconds: float, timing: str | None, sent_at: float) -> None:
-        series = self._series.get(model)
-        if series is None:  # a label lookup costs more than the observation: once per model
-            series = self._series[model] = _Series(
-                {},
-                self.latency.labels(model),
-                self.queued.labels(model),
-                self.inference.labels(model),
-                self.batch.labels(model),
-            )
-        counter = series.requests.get(status)
-        if counter is None:
-            counter = series.requests[status] = self.requests.labels(model, str(status))
-        counter.inc()
+        series = self._invocations.series.get(model)
+        if series is None:
+            series = self._invocations.series[model] = _Series()
+        series.requests[status] = series.requests.get(status, 0) + 1
         series.latency.observe(seconds)
         if not timing:
             return
