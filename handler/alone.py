@@ -15,5 +15,6 @@ HEADER = "X-Torch-Mme-Alone"
 
 def drop(headers: dict) -> None:
     """Remove the header (any case) from one request's header dict, in place."""
-    for key in [k for k in headers if isinstance(k, str) and k.lower() == "x-torch-mme-alone"]:
+    name = HEADER.lower()
+    for key in [k for k in headers if isinstance(k, str) and k.lower() == name]:
         del headers[key]
