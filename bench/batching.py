@@ -12,7 +12,9 @@
    ``batch_size=16&max_batch_delay=5`` and with batch size 1, one thread (``OMP_NUM_THREADS=1``), with a
    function-form handler that stacks the batch into one forward (``bench/peers/apps/stacking_handler.py``);
 3. the cost of metrics: invoke p50 of the tiny model (``bench/common.write_model``) through two
-   ``torch-mme serve``, one with ``TORCH_MME_METRICS=false``.
+   ``torch-mme serve``, one with ``TORCH_MME_METRICS=false``, in many short rounds of one chunk on each (the
+   order alternates per round); the figure is the median of the rounds' p50 ratios, with their spread, so a
+   drift of the machine during the run (other work on its 2 cores) moves both sides of a round alike.
 
 The load generator is ``bench/peers/client.py``'s asyncio raw-HTTP client, in this process: its CPU time
 per chunk is recorded next to the servers' (over their process trees), so the report says whether the
@@ -81,13 +83,14 @@ class Sizes:
     chunks: int
     chunk_s: float
     latency_calls: int
-    metrics_chunks: int
+    metrics_rounds: int
     metrics_calls: int
+    """Requests per side in each round of the metrics on/off comparison."""
     warm_s: float
 
 
-FULL = Sizes(chunks=8, chunk_s=3.0, latency_calls=60, metrics_chunks=16, metrics_calls=300, warm_s=3.0)
-QUICK = Sizes(chunks=2, chunk_s=1.5, latency_calls=20, metrics_chunks=4, metrics_calls=100, warm_s=1.0)
+FULL = Sizes(chunks=8, chunk_s=3.0, latency_calls=60, metrics_rounds=60, metrics_calls=80, warm_s=3.0)
+QUICK = Sizes(chunks=2, chunk_s=1.5, latency_calls=20, metrics_rounds=8, metrics_calls=50, warm_s=1.0)
 
 
 class MemoryBound(torch.nn.Module):
@@ -148,6 +151,16 @@ def goals(throughput: dict[str, float], p50_ms: dict[str, float], metrics_ratio:
         "p50_at_1_client_ms": check(b16, b1 + DELAY_MS if b1 is not None else None, True),
         "metrics_p50_ratio": check(metrics_ratio, METRICS_GOAL, True),
     }
+
+
+def round_ratios(p50_on: list[float], p50_off: list[float]) -> dict[str, Any]:
+    """The per-round ratios ``p50_on[i] / p50_off[i]``: their median (the figure) and spread (quartiles, range)."""
+    values = np.asarray([on / off for on, off in zip(p50_on, p50_off, strict=True) if off > 0])
+    if not values.size:
+        return {"n": 0, "median": None, "p25": None, "p75": None, "min": None, "max": None}
+    p25, median, p75 = (float(v) for v in np.percentile(values, [25, 50, 75]))
+    low, high = float(values.min()), float(values.max())
+    return {"n": int(values.size), "median": median, "p25": p25, "p75": p75, "min": low, "max": high}
 
 
 def histogram_mean(text: str, name: str, model: str) -> float | None:
@@ -294,6 +307,27 @@ def one_client(sides: list[Side], chunks: int, calls: int) -> dict[str, dict[str
     return {key: summarize(values, 1e3, "ms") for key, values in samples.items()}
 
 
+def paired_rounds(sides: list[Side], rounds: int, calls: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """1 keep-alive client per side; ``rounds`` rounds of ``calls`` requests on each side, the order rotating per
+    round. Every sample (seconds) by side, and each round's p50 (ms) by side."""
+    conns = {s.key: KeepAlive(s.port) for s in sides}
+    samples: dict[str, list[float]] = {s.key: [] for s in sides}
+    p50_ms: dict[str, list[float]] = {s.key: [] for s in sides}
+    by_key = {s.key: s for s in sides}
+    try:
+        for side in sides:
+            timed(conns[side.key], side.raw, max(10, calls))  # warm-up
+        for chunk in range(rounds):
+            for key in rotation(list(by_key), chunk):
+                values = timed(conns[key], by_key[key].raw, calls)
+                samples[key] += values
+                p50_ms[key].append(float(np.percentile(values, 50)) * 1e3)
+    finally:
+        for conn in conns.values():
+            conn.close()
+    return samples, p50_ms
+
+
 def archive(venv: Path, name: str, model_pt: Path, store: Path, log_path: Path) -> None:
     command = [str(venv / "bin" / "torch-model-archiver"), "--model-name", name, "--version", "1.0"]
     command += ["--serialized-file", str(model_pt), "--handler", str(APPS / "stacking_handler.py")]
@@ -351,7 +385,8 @@ def metrics_call_us(calls: int) -> dict[str, float]:
 
 
 def metrics_cost(scratch: Path, sizes: Sizes) -> dict[str, Any]:
-    """Invoke p50 of the tiny model through two ``torch-mme serve``, one with ``TORCH_MME_METRICS=false``."""
+    """Invoke p50 of the tiny model through two ``torch-mme serve``, one with ``TORCH_MME_METRICS=false``: the
+    median of per-round p50 ratios (``paired_rounds``), their spread, and the pooled samples' p50 and p99."""
     models = scratch / "tiny-models"
     write_model(models / "tiny", seed=1)
     body = request_body()
@@ -370,7 +405,8 @@ def metrics_cost(scratch: Path, sizes: Sizes) -> dict[str, Any]:
             raw = raw_request(server.port, "/models/tiny/invoke", body, JSON_TYPE, JSON_TYPE)
             sides.append(Side(key, server.port, "/models/tiny/invoke", raw, serve_pids(server)))
             metrics_status[key] = server.request("GET", "/metrics")[0]
-        timed_ms = one_client(sides, sizes.metrics_chunks, sizes.metrics_calls)
+        samples, round_p50 = paired_rounds(sides, sizes.metrics_rounds, sizes.metrics_calls)
+        timed_ms = {key: summarize(values, 1e3, "ms") for key, values in samples.items()}
         for key, server in servers.items():
             metrics_status[key] = server.request("GET", "/metrics")[0]
     finally:
@@ -378,10 +414,14 @@ def metrics_cost(scratch: Path, sizes: Sizes) -> dict[str, Any]:
             server.stop()
         for log in logs.values():
             log.close()
+    rounds = round_ratios(round_p50["metrics_on"], round_p50["metrics_off"])
     return {
         "latency_ms": timed_ms,
         "metrics_endpoint_status": metrics_status,
-        "p50_ratio": timed_ms["metrics_on"]["p50"] / timed_ms["metrics_off"]["p50"],
+        "p50_ratio": rounds["median"],
+        "round_p50_ratios": rounds,
+        "round_p50_ms": round_p50,
+        "pooled_p50_ratio": timed_ms["metrics_on"]["p50"] / timed_ms["metrics_off"]["p50"],
         "p99_ratio": timed_ms["metrics_on"]["p99"] / timed_ms["metrics_off"]["p99"],
         "in_process": metrics_call_us(20000 if sizes is FULL else 2000),
     }
@@ -487,7 +527,7 @@ def markdown(result: dict[str, Any]) -> str:
             _mark(p_goal["pass"]),
         ],
         [
-            "invoke p50, metrics on / off (tiny model)",
+            "invoke p50, metrics on / off (tiny model; median of per-round ratios)",
             na(m_goal["value"], ".3f"),
             f"<= {METRICS_GOAL:g}",
             _mark(m_goal["pass"]),
@@ -522,8 +562,9 @@ def markdown(result: dict[str, Any]) -> str:
     metrics = [
         ["metrics on", f"{on['p50']:.3f}", f"{on['p99']:.3f}", on["n"], status["metrics_on"]],
         ["`TORCH_MME_METRICS=false`", f"{off['p50']:.3f}", f"{off['p99']:.3f}", off["n"], status["metrics_off"]],
-        ["ratio on / off", f"{mc['p50_ratio']:.3f}", f"{mc['p99_ratio']:.3f}", "", ""],
+        ["ratio on / off, pooled samples", f"{mc['pooled_p50_ratio']:.3f}", f"{mc['p99_ratio']:.3f}", "", ""],
     ]
+    spread, calls = mc["round_p50_ratios"], result["config"]["metrics_calls"]
     return document(
         "Batching, TorchServe with the same batch settings, and the cost of metrics",
         result,
@@ -550,8 +591,11 @@ def markdown(result: dict[str, Any]) -> str:
         torchserve,
         "## The cost of metrics (tiny model, 1 keep-alive client, two serve instances)",
         table(["", "p50 (ms)", "p99 (ms)", "samples", "GET /metrics"], metrics, "lllll"),
-        f"p50 difference on - off: {(on['p50'] - off['p50']) * 1e3:.0f} us. In this process, what metrics add to "
-        f"a request costs {mc['in_process']['front_invoked_us']:.1f} us in the front (`ModelMetrics.invoked`: "
+        f"The figure: the median of {spread['n']} rounds' p50 ratios on / off (each round {calls} requests on "
+        f"each server, the order alternating), {na(spread['median'], '.3f')}; quartiles {na(spread['p25'], '.3f')} "
+        f"- {na(spread['p75'], '.3f')}, range {na(spread['min'], '.3f')} - {na(spread['max'], '.3f')}.",
+        f"p50 difference on - off (pooled): {(on['p50'] - off['p50']) * 1e3:.0f} us. In this process, what metrics "
+        f"add to a request costs {mc['in_process']['front_invoked_us']:.1f} us in the front (`ModelMetrics.invoked`: "
         f"counter, latency, queue, inference and batch-size histograms) and "
         f"{mc['in_process']['handler_format_timing_us']:.1f} us in the handler (`format_timing`), plus the "
         "timing header's way through MMS.",
@@ -596,7 +640,7 @@ def plot(result: dict[str, Any], out_dir: Path) -> str | None:
     axes[2].set_xticks([0, 1], ["metrics on", "metrics off"])
     for x, v in enumerate(values):
         axes[2].annotate(f"{v:.3f}", (x, v), ha="center", va="bottom", fontsize=8)
-    axes[2].set_title(f"tiny model p50 (ms), ratio {result['metrics_cost']['p50_ratio']:.3f}")
+    axes[2].set_title(f"tiny model p50 (ms), median round ratio {na(result['metrics_cost']['p50_ratio'], '.3f')}")
     fig.suptitle(f"batching on a memory-bound model ({result['git_commit']})")
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)

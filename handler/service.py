@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from handler import codecs, timing
+from handler import alone, codecs, timing
 from torch_mme.common import is_inside
 from torch_mme.errors import (
     MAX_MESSAGE,
@@ -67,6 +67,7 @@ class RequestContext:
         self._context = context
         self.request_id = idx
         headers = context.get_all_request_header(idx) or {}
+        alone.drop(headers)  # the front's word to MMS's batching (handler/alone.py), never the model's
         self._headers = {k.lower(): v for k, v in headers.items() if isinstance(k, str) and isinstance(v, str)}
         """This request's headers by lower-case name, read once: every stage asks for a few of them."""
 

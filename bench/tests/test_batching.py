@@ -67,3 +67,24 @@ def test_cpu_used_sums_by_role_and_counts_new_processes_whole():
     before = {1: ("java", 10.0), 2: ("worker", 5.0)}
     after = {1: ("java", 10.5), 2: ("worker", 6.0), 3: ("worker", 0.25)}
     assert batching.cpu_used(before, after) == {"java": 0.5, "worker": 1.25}
+
+
+def test_round_ratios_are_the_median_of_per_round_ratios_with_their_spread():
+    on = [1.10, 1.00, 1.30, 0.99, 1.02]
+    off = [1.00, 1.00, 1.00, 1.00, 1.00]
+    got = batching.round_ratios(on, off)
+    assert got["n"] == 5
+    assert got["median"] == pytest.approx(1.02)
+    assert (got["p25"], got["p75"]) == (pytest.approx(1.00), pytest.approx(1.10))
+    assert (got["min"], got["max"]) == (pytest.approx(0.99), pytest.approx(1.30))
+    drifting = batching.round_ratios([2.0, 4.0, 8.0], [1.9, 3.8, 7.6])  # the machine slows; each round's ratio holds
+    assert drifting["median"] == pytest.approx(2.0 / 1.9)
+    assert batching.round_ratios([], [])["median"] is None
+    assert batching.round_ratios([1.0], [0.0])["n"] == 0
+
+
+def test_the_metrics_comparison_keeps_its_number_of_requests():
+    """More, shorter rounds than the pooled method's 16 x 300 requests per side, about the same time in all."""
+    assert batching.FULL.metrics_rounds * batching.FULL.metrics_calls == 16 * 300
+    assert batching.FULL.metrics_rounds >= 40
+    assert batching.QUICK.metrics_rounds * batching.QUICK.metrics_calls == 4 * 100

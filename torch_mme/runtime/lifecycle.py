@@ -32,6 +32,7 @@ import re
 import time
 from urllib.parse import quote
 
+from handler import alone
 from torch_mme import load_report
 from torch_mme.runtime import processes
 from torch_mme.runtime.admission import MB, Admission
@@ -137,6 +138,8 @@ class Lifecycle:
         model's processes die meanwhile (MMS would hold the request until its timeout)."""
         self.check_serving(name)  # again: the front may have waited for room in ``to_mms`` since
         with self.registry.in_use(name) as flight:
+            if flight.count == 1:  # alone for its model: MMS sends it without waiting for a batch (java/Model.java)
+                headers = [*headers, (alone.HEADER, "1")]
             try:
                 return await self.upstream.request(
                     "POST",

@@ -1,16 +1,20 @@
-"""torch-mme's fix to MMS's Java frontend: compiled once, found first on MMS's class path.
+"""torch-mme's changes to MMS's Java frontend: compiled once, found first on MMS's class path.
 
-MMS 1.1.11 throws when a worker's response arrives cut inside a status code or
-its header map (java/ModelResponseDecoder.java says why): MMS restarts the
-worker and its requests fail with "Worker died.". MMS's class path starts with
-"." (Java's working folder), so ``serve`` starts Java in a folder of the run
-folder that holds the corrected class, and nothing of MMS is modified.
+Each ``java/*.java`` replaces the MMS 1.1.11 class of its name (its javadoc says why):
 
-The class is compiled against the installed MMS jar by the Java compiler that
-every JDK and Debian's JRE carry (``java -m jdk.compiler/...``). It is kept in
+- ``ModelResponseDecoder``: MMS throws when a worker's response arrives cut inside a status code or its
+  header map, restarts the worker, and its requests fail with "Worker died.";
+- ``Model``: ``pollBatch`` sends a request at once, without waiting ``maxBatchDelay`` to fill a batch, when
+  the front marked it alone for its model (``handler/alone.py``) and nothing is queued behind it.
+
+MMS's class path starts with "." (Java's working folder), so ``serve`` starts Java in a folder of the run
+folder that holds the compiled classes, and nothing of MMS is modified.
+
+The classes are compiled against the installed MMS jar by the Java compiler that
+every JDK and Debian's JRE carry (``java -m jdk.compiler/...``). They are kept in
 ``<this package>/java/classes-<key>`` when the image is built
 (``python -m torch_mme.runtime.mms_java``), else in the user's cache; the key covers
-the source and the jar. Without a compiler, serve runs stock MMS and says so.
+every source and the jar. Without a compiler, serve runs stock MMS and says so.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,8 +37,10 @@ from torch_mme.settings import user_cache_dir
 log = logging.getLogger("torch_mme.runtime.mms_java")
 
 PACKAGE_DIR = Path(__file__).resolve().parent / "java"
-SOURCE = PACKAGE_DIR / "ModelResponseDecoder.java"
 CLASS = Path("com/amazonaws/ml/mms/util/codec/ModelResponseDecoder.class")
+"""The corrected response decoder's class file (relative to a classes folder)."""
+MODEL_CLASS = Path("com/amazonaws/ml/mms/wlm/Model.class")
+"""The class whose ``pollBatch`` does not hold a request alone for its model."""
 COMPILE_TIMEOUT_S = 120
 COMPILER_FLAGS = ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-m", "jdk.compiler/com.sun.tools.javac.Main"]
 
@@ -52,8 +59,22 @@ def mms_jar() -> Path:
     return Path(spec.origin).parent / "frontend" / "model-server.jar"
 
 
+def sources() -> list[Path]:
+    """Every ``.java`` of the package's ``java`` folder, by name."""
+    return sorted(PACKAGE_DIR.glob("*.java"))
+
+
+def class_file(source: Path) -> Path:
+    """The class file ``source`` compiles to: its ``package`` as folders, its file name with ``.class``."""
+    found = re.search(r"^package\s+([\w.]+)\s*;", source.read_text(encoding="utf-8"), re.MULTILINE)
+    folder = Path(*found.group(1).split(".")) if found else Path()
+    return folder / f"{source.stem}.class"
+
+
 def _key(jar: Path) -> str:
-    digest = hashlib.sha256(SOURCE.read_bytes())
+    digest = hashlib.sha256()
+    for source in sources():
+        digest.update(source.name.encode() + b"\0" + hashlib.sha256(source.read_bytes()).digest())
     with open(jar, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
@@ -69,14 +90,15 @@ def compiled_classes(java: str, into: Path | None = None) -> Path:
     user's cache). Raises ``RuntimeError`` or ``OSError``."""
     jar = mms_jar()
     name = f"classes-{_key(jar)}"
+    expected = [class_file(source) for source in sources()]
     for place in (PACKAGE_DIR / name, _cache_root() / name):
-        if (place / CLASS).is_file():
+        if all((place / path).is_file() for path in expected):
             return place
     place = (into or _cache_root()) / name
     place.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".compiling-", dir=place.parent))
     try:
-        _compile(java, jar, staging)
+        _compile(java, jar, staging, expected)
         staging.chmod(0o755)  # mkdtemp's 0700 would hide the image's classes from an unprivileged user
         with contextlib.suppress(OSError):  # atomic; fails only when a concurrent server renamed its copy first
             staging.rename(place)
@@ -85,19 +107,20 @@ def compiled_classes(java: str, into: Path | None = None) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _compile(java: str, jar: Path, out: Path) -> None:
-    command = [java, *COMPILER_FLAGS, "--release", "11", "-nowarn", "-cp", str(jar), "-d", str(out), str(SOURCE)]
+def _compile(java: str, jar: Path, out: Path, expected: list[Path]) -> None:
+    command = [java, *COMPILER_FLAGS, "--release", "11", "-nowarn", "-cp", str(jar), "-d", str(out)]
+    command += [str(source) for source in sources()]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise RuntimeError(f"could not run the Java compiler: {exc}") from None
-    if done.returncode != 0 or not (out / CLASS).is_file():
+    if done.returncode != 0 or not all((out / path).is_file() for path in expected):
         reason = (done.stderr or done.stdout).strip().splitlines()
         raise RuntimeError(f"the Java compiler failed: {reason[0] if reason else done.returncode}")
 
 
 def working_dir(run_dir: str, java: str | None) -> str | None:
-    """A folder of ``run_dir`` to start Java in, holding the corrected classes; None (stock MMS) without them."""
+    """A folder of ``run_dir`` to start Java in, holding the compiled classes; None (stock MMS) without them."""
     if java is None:
         return None
     try:
@@ -105,7 +128,8 @@ def working_dir(run_dir: str, java: str | None) -> str | None:
     except (OSError, RuntimeError) as exc:
         log.warning(
             "MMS runs with its own response decoder, which drops a worker when a response arrives cut at an "
-            "unlucky byte (about 1 request in 10,000 fails with 'Worker died.'): %s",
+            "unlucky byte (about 1 request in 10,000 fails with 'Worker died.'), and its own batching, which "
+            "holds a request alone for its model for max_batch_delay_ms: %s",
             exc,
         )
         return None
