@@ -418,13 +418,20 @@ class _Connection(asyncio.BufferedProtocol):
 
     def on_headers_complete(self) -> None:
         self.head_done = True
-        length = next((v for k, v in self.headers if k.lower() == "content-length"), None)
+        length, encoded, expects = None, False, False
+        for key, value in self.headers:  # one pass: the three headers the body's reading depends on
+            lower = key.lower()
+            if lower == "content-length":
+                length = value if length is None else length
+            elif lower == "transfer-encoding":
+                encoded = True
+            elif lower == "expect":
+                expects = expects or value.lower() == "100-continue"
         declared = int(length) if length is not None and length.isdigit() else None
-        chunked = declared is None and any(k.lower() == "transfer-encoding" for k, _ in self.headers)
+        chunked = declared is None and encoded
         if declared is not None and declared > self.limits.max_body_bytes:
             self._refuse_too_large()
             return
-        expects = any(k.lower() == "expect" and v.lower() == "100-continue" for k, v in self.headers)
         needed = declared if declared is not None else (self.limits.max_body_bytes if chunked else 0)
         if needed > SMALL_BODY and (granted := self.server.receiving.try_acquire(needed)):
             self.reserved = granted
