@@ -54,7 +54,9 @@ KEEP_FREE = 6 * GIB
 """Available memory the bench never takes the host under."""
 FULL_STAGES = (10, 100, 400, 1000)
 QUICK_STAGES = (5, 20)
-PROBES = 10
+PROBES = 20
+"""LoadModel-invoke-GetModel-UnloadModel cycles per stage; the flatness ratios are p50s of these (there were
+10: a few slow cycles on this shared machine moved a p50 of ten)."""
 WARM_INVOKES = 200
 PAGE_LIMIT = 100
 SETTLE_S = 1.0
