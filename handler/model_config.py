@@ -5,7 +5,7 @@ more than one worker, batching, a longer timeout or a warm-up says so in its
 archive. The front reads this file at LoadModel (an unknown key or a bad
 value answers 400 naming it) and passes what MMS runs to MMS's register
 call; the handler reads it again in the worker for what runs there
-(``torch_threads``, ``warmup``, ``batch_predict_fn``).
+(``torch_threads``, ``warmup``, ``auto_warmup``, ``batch_predict_fn``).
 
 TorchServe's ``model-config.yaml`` names are accepted as aliases in the same
 JSON (``batchSize``, ``maxBatchDelay``, ``minWorkers``, ``responseTimeout``),
@@ -58,6 +58,9 @@ class ModelConfig:
     """Requests run once at load, through the same path as real ones, so the first real request is not slow."""
     batch_predict_fn: bool = False
     """A user's ``predict_fn`` receives the stacked batch (else it is called once per item)."""
+    auto_warmup: bool = True
+    """Without ``warmup``, run a TorchScript CPU model at load on zeros shaped as the model records its input
+    (``PyTorchHandler._warm_up_first_call``); false for a model whose forward must not run before a request."""
 
     def register_parameters(self) -> dict[str, int]:
         """What MMS's register call takes from this config."""
@@ -129,6 +132,7 @@ def read(model_dir: str) -> ModelConfig:
         "torch_threads": lambda v: _integer("torch_threads", v, 1, 256),
         "warmup": lambda v: _warmup(v, model_dir),
         "batch_predict_fn": lambda v: _boolean("batch_predict_fn", v),
+        "auto_warmup": lambda v: _boolean("auto_warmup", v),
     }
     unknown = sorted(set(values) - set(known))
     if unknown:
