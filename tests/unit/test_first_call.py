@@ -235,3 +235,22 @@ def test_auto_warmup_must_be_a_boolean(models):
     with pytest.raises(InvalidModelConfig, match="auto_warmup"):
         model_config.read(str(path))
     assert model_config.read(str(models.dir("plain"))).auto_warmup is True
+
+
+def test_in_mms_the_warm_up_goes_through_mms_own_request_path(models, serve, predicts, monkeypatch):
+    """After one quiet run of the sample, the rest run as MMS's worker runs a request (``Service.predict``:
+    its unpacking, this handler's ``handle``, its packing), so a fresh worker's first request finds that warm."""
+    from mms.service import Service
+
+    answers = []
+    original = Service.predict
+
+    def spy(self, batch):
+        answers.append(original(self, batch))
+        return answers[-1]
+
+    monkeypatch.setattr(Service, "predict", spy)
+    served = serve(models.torchscript("m", make_linear()))
+    assert len(answers) == FIRST_CALL_RUNS - 1 and len(predicts) == FIRST_CALL_RUNS
+    assert all(b"Prediction success" in bytes(a) for a in answers)  # MMS's packing of a 200 answer
+    assert served.one(json.dumps(X).encode())[0] == 200
