@@ -281,8 +281,9 @@ class PyTorchHandler:
         MMS's packing of the answer); None outside MMS, or for a model with its own codecs or several inputs.
 
         Then only the socket's reads and writes are left to the first request. Measured (the scale benchmark's
-        first invoke / warm invoke at 400 and 1,000 resident): 1.97x and 2.08x with the codecs and the forward
-        warmed alone, XXX with this.
+        first invoke / warm invoke at 10, 100, 400 and 1,000 resident, bench/results/scale.md): 1.53x, 1.82x, 1.97x
+        and 2.08x with the codecs and the forward warmed alone (``session-4``), 1.48x, 1.78x, 1.75x and 1.55x with
+        this (``warm-request-path``).
         """
         import json
 
