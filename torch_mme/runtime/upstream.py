@@ -2,10 +2,12 @@
 
 The front forwards every request to MMS. Measured side by side against aiohttp's
 pooled ``UnixConnector`` client (``python -m bench --only upstream``,
-bench/results/upstream.md, 2 CPUs): aiohttp takes 3.0x this one's CPU per request
-for a small body at 1 caller (468 vs 158 µs), 2.4x at 16, and 1.3-1.7x with 1 MiB
-bodies; p50 latency is 1.7x at 1 caller, small body (1.27 ms vs 751 µs). MMS answers with a
-Content-Length or chunked body, or one read to the end; all are read.
+bench/results/upstream.md, 2 CPUs): aiohttp takes 3.5x this one's CPU per request
+for a small body at 1 caller (481 vs 137 µs), 3.0x at 16, and 1.3-1.6x with 1 MiB
+bodies; p50 latency is 1.6x at 1 caller, small body (1.16 ms vs 730 µs). Each
+connection is a protocol that parses the answer as its bytes arrive (no reader
+task, no future per read). MMS answers with a Content-Length or chunked body, or
+one read to the end; all are read.
 
 It refuses to write a request line or header that could be read as more than
 one (CR, LF, a space in the path, anything not printable ASCII): whatever the
