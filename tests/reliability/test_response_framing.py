@@ -75,3 +75,65 @@ def test_long_responses_after_small_ones_never_drop_the_worker(tmp_path):
     finally:
         stop_server(server)
     record("response_framing", requests=sum(answers.values()), statuses=str(dict(sorted(answers.items()))))
+
+
+INJECTING = """
+    def model_fn(model_dir):
+        return None
+
+    def input_fn(body, content_type):
+        return body
+
+    def predict_fn(data, model):
+        return data
+
+    def output_fn(prediction, accept, context):
+        forged = b"HTTP/1.1 200 OK\\r\\nContent-Type: text/plain\\r\\nContent-Length: 6\\r\\n\\r\\nforged"
+        # a header value that would end MMS's answer head early, and a body that reads as another answer
+        context.set_response_header(0, "X-Evil", "1\\r\\nContent-Length: 0\\r\\n\\r\\n")
+        context.set_response_header(0, "Bad Name", "x")
+        return (b" 200" * 50_000) + forged * 20, "text/plain\\r\\nX-Injected: 1"
+"""
+FORGED = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n\r\nforged"
+HONEST = """
+    def model_fn(model_dir):
+        return None
+
+    def input_fn(body, content_type):
+        return body
+
+    def predict_fn(data, model):
+        return data
+
+    def output_fn(prediction, accept):
+        return b"honest", "text/plain"
+"""
+
+
+def test_a_model_cannot_forge_answers_with_its_headers_for_itself_or_another_tenant(tmp_path):
+    """Found by review: MMS writes a worker's headers, content type and reason phrase into its HTTP answer
+    unchecked (Netty's validation off), so a model's CR LF could end the answer's head early and leave a
+    forged answer on the pooled connection for the next request, another model's. torch-mme's decoder drops
+    such headers and keeps the content type on one line; every answer is the model's own, whole."""
+    write_script_model(tmp_path / "evil" / "model", INJECTING)
+    write_script_model(tmp_path / "honest" / "model", HONEST)
+    server = start_server(tmp_path, tmp_path, args=["--timeout", "20"])
+    try:
+        assert server.load("evil", str(tmp_path / "evil" / "model"))[0] == 200
+        assert server.load("honest", str(tmp_path / "honest" / "model"))[0] == 200
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        for _ in range(5):
+            connection.request("POST", "/models/evil/invoke", body=b"x", headers={"Content-Type": "text/plain"})
+            response = connection.getresponse()
+            data = response.read()
+            assert response.status == 200
+            assert len(data) == len(b" 200") * 50_000 + 20 * len(FORGED)  # the whole body, not cut at a forged head
+            assert data.startswith(b" 200 200") and data.endswith(b"forged")
+            assert response.getheader("X-Evil") is None and response.getheader("X-Injected") is None
+            assert "\r" not in (response.getheader("Content-Type") or "")
+            connection.request("POST", "/models/honest/invoke", body=b"x", headers={"Content-Type": "text/plain"})
+            response = connection.getresponse()
+            assert (response.status, response.read()) == (200, b"honest")
+        connection.close()
+    finally:
+        stop_server(server)

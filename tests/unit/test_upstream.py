@@ -310,3 +310,43 @@ def test_an_answer_given_up_ends_its_wait_and_its_connection_and_the_next_reques
     assert second.status == 200 and second.body == b"second"
     assert connections == 2  # the given-up connection was closed, not reused
     assert [body for _, _, body in mms.requests] == [b"[1]"]  # the first was never answered
+
+
+def test_an_answer_with_bytes_beyond_it_is_taken_but_its_connection_is_not_pooled(tmp_path):
+    """Found by review: bytes after a complete answer mean MMS's framing is off; the next request on that
+    connection must not read them as its answer."""
+    trailing = ok(b"first") + b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged"
+    results, mms, pooled = talk(str(tmp_path / "mms.sock"), [(trailing, "keep"), (ok(b"second"), "keep")], 2)
+    assert [r.body for r in results] == [b"first", b"second"]
+    assert mms.connections == 2 and pooled == 1
+
+
+def test_a_chunk_that_does_not_end_with_crlf_is_an_error(tmp_path):
+    bad = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n[1, XX0\r\n\r\n"
+    results, _, pooled = talk(str(tmp_path / "mms.sock"), [(bad, "close")], 1)
+    assert isinstance(results[0], UpstreamError) and "CRLF" in str(results[0]) and pooled == 0
+
+
+def test_a_request_still_connecting_can_be_abandoned(tmp_path):
+    """Found by review: the answer's future is in ``waiters`` before the connection is made, so a restart's
+    abandon reaches a request that has not reached MMS yet."""
+    path = str(tmp_path / "mms.sock")
+
+    async def run():
+        async with ScriptedMMS(path, [(ok(b"never"), "keep")]) as mms:
+            upstream = Upstream(path)  # nothing pooled: the request connects first
+            waiters: set[asyncio.Future] = set()
+            try:
+                call = asyncio.ensure_future(upstream.request("POST", "/models/m/invoke", body=b"[0]", waiters=waiters))
+                await asyncio.sleep(0)  # the request has started and is connecting
+                assert len(waiters) == 1
+                next(iter(waiters)).set_exception(RuntimeError("abandoned"))
+                with pytest.raises(RuntimeError, match="abandoned"):
+                    await asyncio.wait_for(call, 2)
+                await asyncio.sleep(0.05)
+                return mms.requests, upstream._idle
+            finally:
+                upstream.close()
+
+    requests, idle = asyncio.run(run())
+    assert requests == [] and idle == []  # never sent, never pooled

@@ -289,6 +289,9 @@ class _Connection(asyncio.BufferedProtocol):
         self.closed = True
         self.server.connections.discard(self)
         self._drop_timer()
+        if self.linger is not None:
+            self.linger.cancel()  # gone already: nothing to linger for
+            self.linger = None
         self._release_receiving()
         self._drained.set()
 
@@ -501,10 +504,9 @@ class _Connection(asyncio.BufferedProtocol):
         self._reset_message()
         self.pending.append(request)
         self._cancel_timer()
+        self._pause_reading()  # one request at a time: a pipelined one waits in the socket, holding nothing
         if self.worker is None:
             self.worker = self.loop.create_task(self._answer_pending())
-        else:
-            self._pause_reading()  # one request answered at a time: a second pipelined one waits in the socket
 
     # --- answering -------------------------------------------------------------------------------
     async def _answer_pending(self) -> None:

@@ -40,6 +40,8 @@ class _Histogram:
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
+        if value != value:  # NaN (a timing header can say anything): dropped (prometheus_client: no bucket, sum NaN)
+            return
         self.counts[bisect.bisect_left(self.bounds, value)] += 1  # the first bucket whose bound >= value
         self.sum += value
 

@@ -78,6 +78,7 @@ class _ClosedBeforeAnswer(UpstreamError):
 
 MAX_HEAD = 2**20
 """The most an answer's status line and headers may take."""
+CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}")
 
 
 class Upstream:
@@ -108,15 +109,19 @@ class Upstream:
         head_bytes = ("\r\n".join(head) + "\r\n\r\n").encode("ascii")
         loop = asyncio.get_running_loop()
         for attempt in (0, 1):
-            conn = self._pooled() if attempt == 0 else None  # the second try always on a fresh connection
-            reused = conn is not None
-            if conn is None:
-                conn = await self._connect(loop)
-            answer = conn.send(head_bytes, body)
-            timer = loop.call_later(timeout, conn.time_out, timeout) if timeout is not None else None
+            answer = loop.create_future()  # in ``waiters`` from here: an abandon while connecting counts too
             if waiters is not None:
                 waiters.add(answer)
+            conn, timer = None, None
             try:
+                conn = self._pooled() if attempt == 0 else None  # the second try always on a fresh connection
+                reused = conn is not None
+                if conn is None:
+                    conn = await self._connect(loop)
+                if not answer.done():
+                    conn.send(head_bytes, body, answer)
+                    if timeout is not None:
+                        timer = loop.call_later(timeout, conn.time_out, timeout)
                 response, keep = await answer
             except _ClosedBeforeAnswer:
                 conn.close()
@@ -124,7 +129,8 @@ class Upstream:
                     continue  # a pooled connection MMS closed while idle: once more on a fresh one
                 raise
             except BaseException:
-                conn.close()  # timed out, cut short, abandoned or cancelled: its answer is not read
+                if conn is not None:
+                    conn.close()  # timed out, cut short, abandoned or cancelled: its answer is not read
                 raise
             finally:
                 if timer is not None:
@@ -176,16 +182,16 @@ class _Connection(asyncio.Protocol):
         self.in_trailers = False
 
     # --- the caller's side -----------------------------------------------------------------------
-    def send(self, head: bytes, body: bytes) -> asyncio.Future:
+    def send(self, head: bytes, body: bytes, answer: asyncio.Future) -> None:
+        """Write one request; its answer (or the connection's failure) is set on ``answer``."""
         assert self.transport is not None and self.answer is None
-        self.answer = self.loop.create_future()
+        self.answer = answer
         self.buffer.clear()
         self.head, self.chunks, self.chunk_left, self.in_trailers = None, [], None, False
         if len(body) < 16384:
             self.transport.write(head + body)
         else:
             self.transport.writelines([head, body])  # a large body is not copied
-        return self.answer
 
     def time_out(self, seconds: float) -> None:
         if self.answer is not None:
@@ -238,7 +244,10 @@ class _Connection(asyncio.Protocol):
 
     def _answered(self, response: Response, keep: bool) -> None:
         answer, self.answer = self.answer, None
+        if self.buffer:
+            keep = False  # bytes beyond the answer: MMS's framing is off, the connection is not reused
         self.buffer.clear()
+        self.chunks = []
         if answer is not None and not answer.done():
             answer.set_result((response, keep))
         else:
@@ -259,7 +268,9 @@ class _Connection(asyncio.Protocol):
             if body is not None:
                 self._answered(Response(status, headers, body), keep)
         elif length is not None and len(self.buffer) >= length:
-            self._answered(Response(status, headers, bytes(self.buffer[:length])), keep)
+            body = bytes(self.buffer[:length])
+            del self.buffer[:length]
+            self._answered(Response(status, headers, body), keep)
 
     def _parse_chunks(self) -> bytes | None:
         """The whole chunked body once its last chunk and trailers are in; None until then."""
@@ -268,6 +279,8 @@ class _Connection(asyncio.Protocol):
             if self.chunk_left is not None:
                 if len(buffer) < self.chunk_left:
                     return None
+                if buffer[self.chunk_left - 2 : self.chunk_left] != b"\r\n":
+                    raise UpstreamError("model server connection failed: a chunk does not end with CRLF")
                 self.chunks.append(bytes(buffer[: self.chunk_left - 2]))
                 del buffer[: self.chunk_left]
                 self.chunk_left = None
@@ -280,10 +293,10 @@ class _Connection(asyncio.Protocol):
                 if not line:
                     return b"".join(self.chunks)
                 continue
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise UpstreamError(f"model server connection failed: bad chunk size {line[:40]!r}") from None
+            size_text = line.split(b";", 1)[0].strip()
+            if not CHUNK_SIZE.fullmatch(size_text):
+                raise UpstreamError(f"model server connection failed: bad chunk size {line[:40]!r}")
+            size = int(size_text, 16)
             if size == 0:
                 self.in_trailers = True
             else:
@@ -293,7 +306,7 @@ class _Connection(asyncio.Protocol):
 def _parse_head(head: bytes) -> tuple[int, list[tuple[str, str]], int | None, bool, bool]:
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[1].isdigit():
+    if len(parts) < 2 or not (parts[1].isascii() and parts[1].isdigit()):
         raise UpstreamError(f"bad status line {lines[0]!r}")
     headers, length, chunked, keep = [], None, False, True
     for line in lines[1:]:
@@ -304,7 +317,7 @@ def _parse_head(head: bytes) -> tuple[int, list[tuple[str, str]], int | None, bo
             if name:
                 headers.append((name, value))
         elif lower == "content-length":
-            if not value.isdigit():
+            if not (value.isascii() and value.isdigit()):
                 raise UpstreamError(f"bad Content-Length {value[:40]!r}")
             length = int(value)
         elif lower == "transfer-encoding":

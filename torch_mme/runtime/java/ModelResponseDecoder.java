@@ -30,6 +30,9 @@ import java.util.Map;
  * list), content type (string), status (int), reason phrase (string), header count (int) and that many
  * name/value strings, body (bytes). A string or bytes is an int length and that many bytes; ints are
  * big-endian.
+ *
+ * <p>Also: a header that could break MMS's HTTP answer (a name that is not a token, a value with CR or LF)
+ * is dropped, and the content type and reason phrase are kept on one line ({@code oneLine}).
  */
 public class ModelResponseDecoder extends ByteToMessageDecoder {
 
@@ -59,9 +62,9 @@ public class ModelResponseDecoder extends ByteToMessageDecoder {
         for (int length = readLength(in); length != END; length = readLength(in)) {
             Predictions prediction = new Predictions();
             prediction.setRequestId(readString(in, length));
-            prediction.setContentType(readString(in, readLength(in)));
+            prediction.setContentType(oneLine(readString(in, readLength(in))));
             prediction.setStatusCode(readInt(in));
-            prediction.setReasonPhrase(readString(in, readLength(in)));
+            prediction.setReasonPhrase(oneLine(readString(in, readLength(in))));
             prediction.setHeaders(readHeaders(in, readLength(in)));
             prediction.setResp(readBytes(in, readLength(in)));
             predictions.add(prediction);
@@ -77,9 +80,52 @@ public class ModelResponseDecoder extends ByteToMessageDecoder {
         Map<String, String> headers = new HashMap<>();
         for (int i = 0; i < count; i++) {
             String name = readString(in, readLength(in));
-            headers.put(name, readString(in, readLength(in)));
+            String value = readString(in, readLength(in));
+            if (isToken(name) && value.equals(oneLine(value))) {
+                headers.put(name, value); // anything else is dropped: see oneLine
+            }
         }
         return headers;
+    }
+
+    /**
+     * The text without control characters (CR, LF, NUL, ...; a tab is kept), each replaced by a space.
+     *
+     * <p>MMS writes a worker's content type, reason phrase and headers into its HTTP answer with Netty's
+     * header validation off: a model's code that put CR LF in one could end the answer's head early and
+     * make the rest of its body read as another answer on the same connection, possibly another tenant's
+     * request's. A header whose name is not an HTTP token or whose value holds a control character is
+     * dropped; the content type and the reason phrase keep their text on one line.
+     */
+    static String oneLine(String text) {
+        StringBuilder out = null;
+        for (int i = 0; i < text.length(); i++) {
+            char c = text.charAt(i);
+            if ((c < 0x20 && c != '\t') || c == 0x7f) {
+                if (out == null) {
+                    out = new StringBuilder(text.substring(0, i));
+                }
+                out.append(' ');
+            } else if (out != null) {
+                out.append(c);
+            }
+        }
+        return out == null ? text : out.toString();
+    }
+
+    private static boolean isToken(String name) {
+        if (name.isEmpty()) {
+            return false;
+        }
+        for (int i = 0; i < name.length(); i++) {
+            char c = name.charAt(i);
+            boolean ok = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+                    || "!#$%&'*+-.^_`|~".indexOf(c) >= 0;
+            if (!ok) {
+                return false;
+            }
+        }
+        return true;
     }
 
     private static int readInt(ByteBuf in) {
