@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from handler import alone
+from tests.support.java import compile_check
 from torch_mme.runtime import mms_java
 
 CHECK = Path(__file__).resolve().parents[1] / "java" / "PollBatchCheck.java"
@@ -23,17 +24,7 @@ DELAY_MS = 400
 
 @pytest.fixture(scope="module")
 def classes(tmp_path_factory) -> dict[str, Path]:
-    java = mms_java.java_binary()
-    assert java, "these tests need Java (the integration tiers do too): apt-get install openjdk-17-jre-headless"
-    ours = mms_java.compiled_classes(java, into=tmp_path_factory.mktemp("mms-java"))
-    check = tmp_path_factory.mktemp("check")
-    jar = mms_java.mms_jar()
-    subprocess.run(
-        [java, *mms_java.COMPILER_FLAGS, "-nowarn", "-cp", str(jar), "-d", str(check), str(CHECK)],
-        check=True,
-        timeout=120,
-    )
-    return {"java": Path(java), "ours": ours, "check": check, "jar": jar}
+    return compile_check(tmp_path_factory, CHECK.name)
 
 
 def _batches(classes: dict[str, Path], *class_path: Path) -> dict[str, dict[str, int]]:

@@ -17,6 +17,7 @@ import pytest
 from mms.context import Context, RequestProcessor
 from mms.protocol.otf_message_handler import create_predict_response
 
+from tests.support.java import compile_check
 from torch_mme.runtime import mms_java
 
 CHECK = Path(__file__).resolve().parents[1] / "java" / "DecoderCheck.java"
@@ -48,20 +49,11 @@ FRAMES = {
 
 @pytest.fixture(scope="module")
 def classes(tmp_path_factory) -> dict[str, Path]:
-    java = mms_java.java_binary()
-    assert java, "these tests need Java (the integration tiers do too): apt-get install openjdk-17-jre-headless"
-    ours = mms_java.compiled_classes(java, into=tmp_path_factory.mktemp("mms-java"))
-    check = tmp_path_factory.mktemp("check")
-    jar = mms_java.mms_jar()
-    subprocess.run(
-        [java, *mms_java.COMPILER_FLAGS, "-nowarn", "-cp", str(jar), "-d", str(check), str(CHECK)],
-        check=True,
-        timeout=120,
-    )
+    compiled = compile_check(tmp_path_factory, CHECK.name)
     frames = tmp_path_factory.mktemp("frames")
     for name, frame in FRAMES.items():
         (frames / name).write_bytes(frame)
-    return {"java": Path(java), "ours": ours, "check": check, "jar": jar, "frames": frames}
+    return {**compiled, "frames": frames}
 
 
 def _failures(classes: dict[str, Path], *class_path: Path) -> dict[str, int]:
