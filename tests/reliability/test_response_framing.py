@@ -77,7 +77,7 @@ def test_long_responses_after_small_ones_never_drop_the_worker(tmp_path):
     record("response_framing", requests=sum(answers.values()), statuses=str(dict(sorted(answers.items()))))
 
 
-INJECTING = """
+ECHO_HOOKS = """
     def model_fn(model_dir):
         return None
 
@@ -86,7 +86,10 @@ INJECTING = """
 
     def predict_fn(data, model):
         return data
-
+"""
+INJECTING = (
+    ECHO_HOOKS
+    + """
     def output_fn(prediction, accept, context):
         forged = b"HTTP/1.1 200 OK\\r\\nContent-Type: text/plain\\r\\nContent-Length: 6\\r\\n\\r\\nforged"
         # a header value that would end MMS's answer head early, and a body that reads as another answer
@@ -94,20 +97,15 @@ INJECTING = """
         context.set_response_header(0, "Bad Name", "x")
         return (b" 200" * 50_000) + forged * 20, "text/plain\\r\\nX-Injected: 1"
 """
+)
 FORGED = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n\r\nforged"
-HONEST = """
-    def model_fn(model_dir):
-        return None
-
-    def input_fn(body, content_type):
-        return body
-
-    def predict_fn(data, model):
-        return data
-
+HONEST = (
+    ECHO_HOOKS
+    + """
     def output_fn(prediction, accept):
         return b"honest", "text/plain"
 """
+)
 
 
 def test_a_model_cannot_forge_answers_with_its_headers_for_itself_or_another_tenant(tmp_path):

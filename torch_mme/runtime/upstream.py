@@ -57,8 +57,12 @@ def check_request(method: str, path: str, headers: list[tuple[str, str]]) -> Non
     if not SAFE_PATH.fullmatch(path):
         raise UnsafeRequest(f"path {path[:80]!r} holds a space, a control or a non-ASCII character")
     for name, value in headers:
-        if not SAFE_NAME.fullmatch(name) or not SAFE_VALUE.fullmatch(value):
-            raise UnsafeRequest(f"header {name[:40]!r} holds a control or a non-ASCII character")
+        check_header(name, value)
+
+
+def check_header(name: str, value: str) -> None:
+    if not SAFE_NAME.fullmatch(name) or not SAFE_VALUE.fullmatch(value):
+        raise UnsafeRequest(f"header {name[:40]!r} holds a control or a non-ASCII character")
 
 
 class UpstreamError(ModelServerUnavailable):
@@ -103,8 +107,7 @@ class Upstream:
         for name, value in headers or ():
             if name.lower() in HOP_BY_HOP:
                 continue
-            if not SAFE_NAME.fullmatch(name) or not SAFE_VALUE.fullmatch(value):
-                raise UnsafeRequest(f"header {name[:40]!r} holds a control or a non-ASCII character")
+            check_header(name, value)
             head.append(f"{name}: {value}")
         head_bytes = ("\r\n".join(head) + "\r\n\r\n").encode("ascii")
         loop = asyncio.get_running_loop()
