@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import time
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import metrics as _prometheus_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.samples import Sample
 
 from handler.timing import parse_timing
 
@@ -54,12 +57,14 @@ class _Histogram:
 
 
 class _Series:
-    """One model's invocation series."""
+    """One model's invocation series, and when each was created (``_created`` samples, as prometheus_client's)."""
 
-    __slots__ = ("requests", "latency", "queued", "inference", "batch")
+    __slots__ = ("requests", "requests_created", "created", "latency", "queued", "inference", "batch")
 
     def __init__(self) -> None:
+        self.created = time.time()
         self.requests: dict[int, int] = {}
+        self.requests_created: dict[int, float] = {}
         self.latency = _Histogram(SECONDS)
         self.queued = _Histogram(SECONDS)
         self.inference = _Histogram(SECONDS)
@@ -98,18 +103,24 @@ class _Invocations:
         self.series: dict[str, _Series] = {}
 
     def collect(self) -> Iterator[Metric]:
+        # prometheus_client's own series write ``_created`` unless PROMETHEUS_DISABLE_CREATED_SERIES (its flag)
+        created = getattr(_prometheus_metrics, "_use_created", True)
         requests = CounterMetricFamily(
             "torch_mme_model_requests", "Invocations answered, by model and status", labels=["model", "status"]
         )
         for model, series in self.series.items():
             for status, count in series.requests.items():
-                requests.add_metric([model, str(status)], count)
+                requests.add_metric(
+                    [model, str(status)], count, created=series.requests_created[status] if created else None
+                )
         yield requests
         for attribute, name, documentation in _HISTOGRAMS:
             family = HistogramMetricFamily(name, documentation, labels=["model"])
             for model, series in self.series.items():
                 histogram = getattr(series, attribute)
                 family.add_metric([model], histogram.cumulative(), histogram.sum)
+                if created:
+                    family.samples.append(Sample(name + "_created", {"model": model}, series.created))
             yield family
 
 
@@ -136,7 +147,10 @@ class ModelMetrics:
         series = self._invocations.series.get(model)
         if series is None:
             series = self._invocations.series[model] = _Series()
-        series.requests[status] = series.requests.get(status, 0) + 1
+        count = series.requests.get(status)
+        if count is None:  # this status's first answer: its counter is created now
+            count, series.requests_created[status] = 0, time.time()
+        series.requests[status] = count + 1
         series.latency.observe(seconds)
         if not timing:
             return
