@@ -134,3 +134,53 @@ def test_the_slow_path_still_works_when_the_template_is_off(tmp_path):
         assert server.load("slow", str(tmp_path / "slow" / "model"))[0] == 200
         assert server.invoke("slow", b"[[1, 2, 3]]", "application/json")[0] == 200
         assert server.unload("slow") == 200
+
+
+TALKER = """
+    import logging
+    import sys
+
+    def model_fn(model_dir):
+        print("talker: loading", flush=True)
+        return None
+
+    def predict_fn(data, model):
+        print("talker: predicting on stdout", flush=True)
+        print("talker: complaining on stderr", file=sys.stderr, flush=True)
+        logging.getLogger("talker").warning("talker: a warning through logging")
+        return [1]
+"""
+
+
+def java_descriptors(server: LocalServer) -> list[str]:
+    java = next(p for p in processes.tree(server.process.pid) if p.name() == "java")
+    found = []
+    for fd in os.listdir(f"/proc/{java.pid}/fd"):
+        try:
+            found.append(os.readlink(f"/proc/{java.pid}/fd/{fd}"))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_forked_workers_output_reaches_the_log_and_java_holds_no_fifo_for_it(tmp_path):
+    """A model's prints and warnings while it serves reach serve's log, stderr as warnings, as they did
+    through MMS's two FIFOs per worker; Java holds none of those FIFOs (each descriptor Java holds is closed
+    again by every process it starts, one per LoadModel), and an unload logs no worker traceback."""
+    write_script_model(tmp_path / "talker" / "model", TALKER)
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log, LocalServer(str(tmp_path), log=log) as server:
+        assert server.load("talker", str(tmp_path / "talker" / "model"))[0] == 200
+        assert server.invoke("talker", b"[0]", "application/json")[0] == 200
+        links = java_descriptors(server)
+        assert not [d for d in links if d.endswith(("-stdout", "-stderr"))], links
+        args = processes.model_processes(server.process.pid, "talker")[0].cmdline()
+        tmp_dir = args[args.index("--tmp-dir") + 1]
+        assert server.unload("talker") == 200
+        assert not [n for n in os.listdir(tmp_dir) if n.endswith(("-stdout", "-stderr"))]  # the worker removed them
+    text = log_path.read_text(errors="replace")
+    lines = text.splitlines()
+    assert any("[INFO ]" in line and line.endswith("talker: predicting on stdout") for line in lines), text[-3000:]
+    assert any("[WARN ]" in line and line.endswith("talker: complaining on stderr") for line in lines)
+    assert any(line.endswith("talker: a warning through logging") for line in lines)
+    assert "Traceback" not in text and "Backend worker process died" not in text, text[-3000:]

@@ -71,6 +71,7 @@ def preload() -> None:
     import handler.model  # noqa: F401
     import handler.model_config  # noqa: F401
     import handler.requirements  # noqa: F401
+    import torch_mme.runtime.model_server  # noqa: F401
 
     setproctitle.getproctitle()  # set up now: children rename themselves after os.environ has changed
     warm_up_torchscript()
@@ -209,9 +210,9 @@ def mms_worker_script() -> str:
 
 
 def _become_model_process(request: dict, fds: list[int]) -> None:
-    """In the forked child: take the launcher's streams, arguments, environment and folder, then run MMS's worker."""
+    """In the forked child: take the launcher's streams, arguments, environment and folder, then run MMS's worker
+    (``model_server``: MMS's script's main, from its module, the workers writing to these streams)."""
     import random
-    import runpy
 
     import numpy
     import torch
@@ -235,7 +236,9 @@ def _become_model_process(request: dict, fds: list[int]) -> None:
     random.seed()
     numpy.random.seed()
     torch.seed()
-    runpy.run_path(argv[0], run_name="__main__")
+    from torch_mme.runtime import model_server
+
+    model_server.run()
 
 
 def model_name(argv: list[str]) -> str | None:
