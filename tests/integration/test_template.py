@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
 
 import psutil
 
 from tests.integration.conftest import write_script_model, write_torchscript
-from torch_mme.runtime import processes
+from torch_mme.runtime import forking, processes
+from torch_mme.runtime import template as template_module
 from torch_mme.tools.local_server import LocalServer
 
 STATE_PROBE = """
@@ -56,26 +63,80 @@ def test_a_model_loads_and_answers_through_the_template(tmp_path):
         assert template.is_running()
 
 
-def test_the_process_mms_watches_waits_as_a_small_shell_and_passes_signals_on(tmp_path):
-    """Once the fork is made, the launcher MMS started becomes waiter.sh: one per resident model, so its
-    private memory is paid a thousand times. It must still name the model and pass SIGTERM on to the
-    model's server, and end when the server ends."""
+def test_mms_starts_no_process_for_a_model_and_notices_when_its_server_ends(tmp_path):
+    """Java asks the template for the model's server (java/TemplateProcess.java) rather than starting a
+    launcher: no process of the model is Java's child, so no load pays for an exec whose cost grows with
+    Java's descriptors. A SIGTERM to the server ends the model's processes; the model answers again."""
     write_torchscript(tmp_path / "fast" / "model")
     with LocalServer(str(tmp_path)) as server:
         assert server.load("fast", str(tmp_path / "fast" / "model"))[0] == 200
         assert server.invoke("fast", b"[[1, 2, 3]]", "application/json")[0] == 200
         java = next(p for p in processes.tree(server.process.pid) if p.name() == "java")
         family = processes.model_processes(server.process.pid, "fast")
-        [watched] = [p for p in family if p.ppid() == java.pid]
-        args = watched.cmdline()
-        assert args[0] == "/bin/sh" and args[1].endswith("waiter.sh"), args
-        assert watched.memory_full_info().uss < 2**20, watched.memory_full_info()
+        assert family and not [p for p in family if p.ppid() == java.pid], [p.cmdline() for p in family]
         template = template_of(server)
         [model] = [p for p in family if p.ppid() == template.pid]  # the model's server, forked by the template
-        # SIGTERM passes on to the model's server, which ends; the watched process ends with it, as MMS sees
-        watched.send_signal(signal.SIGTERM)
-        gone, alive = psutil.wait_procs([model, watched], timeout=10)
-        assert not alive, f"still running after SIGTERM to the watched process: {alive}"
+        model.send_signal(signal.SIGTERM)
+        gone, alive = psutil.wait_procs(family, timeout=10)
+        assert not alive, f"still running after SIGTERM to the model's server: {alive}"
+        deadline = time.monotonic() + 60
+        while server.invoke("fast", b"[[1, 2, 3]]", "application/json")[0] != 200:  # the watchdog restarts it
+            assert time.monotonic() < deadline, "the model did not answer again"
+            time.sleep(0.5)
+
+
+def test_the_launcher_waits_as_a_small_shell_and_passes_signals_on(tmp_path):
+    """Where MMS's own Java runs (torch-mme's classes not compiled), MMS starts the launcher for each model,
+    which asks the template and then becomes waiter.sh: one per resident model, so its private memory is
+    paid a thousand times. It must still name the model, pass SIGTERM on to the model's server, and end
+    when the server ends. Run here as MMS would run it, against a template of this test's own."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    launcher, template_env = forking.install(str(run_dir))
+    socket_path = template_env[forking.SOCKET_ENV]
+    template = subprocess.Popen([sys.executable, "-m", "torch_mme.runtime.template", socket_path])
+    watched = None
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(socket_path):
+            assert template.poll() is None and time.monotonic() < deadline, "the template did not start"
+            time.sleep(0.05)
+        write_torchscript(tmp_path / "fast" / "model")
+        args = [
+            template_module.mms_worker_script(),
+            *("--sock-type", "unix", "--sock-name", str(run_dir / "worker.sock"), "--handler", "handler.entry:handle"),
+            *("--model-path", str(tmp_path / "fast" / "model"), "--model-name", "fast", "--preload-model", "false"),
+            *("--tmp-dir", str(run_dir)),
+        ]
+        env = {**os.environ, **template_env}
+        watched = subprocess.Popen(
+            [launcher, *args], env=env, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        lines = []
+        for line in watched.stdout:  # the server's output comes through the launcher's own stdout, as MMS reads it
+            lines.append(line.decode(errors="replace"))
+            if "MMS worker started." in line.decode(errors="replace"):
+                break
+        assert any("MMS worker started." in line for line in lines), lines
+        assert not any("slow path" in line for line in lines), lines
+        process = psutil.Process(watched.pid)
+        command = process.cmdline()
+        assert command[0] == "/bin/sh" and command[1].endswith("waiter.sh") and "fast" in command, command
+        assert process.memory_full_info().uss < 2**20, process.memory_full_info()
+        [model] = [p for p in psutil.Process(template.pid).children() if processes.model_of(p) == "fast"]
+        process.send_signal(signal.SIGTERM)
+        gone, alive = psutil.wait_procs([model, process], timeout=10)
+        assert not alive, f"still running after SIGTERM to the launcher: {alive}"
+    finally:
+        with contextlib.suppress(psutil.Error):
+            forked = psutil.Process(template.pid).children(recursive=True)
+            for process in forked:
+                process.kill()
+            psutil.wait_procs(forked, timeout=10)
+        for child in (watched, template):
+            if child is not None and child.poll() is None:
+                child.kill()
+                child.wait(10)
 
 
 def test_two_models_forked_from_the_template_share_no_state(tmp_path):
@@ -184,3 +245,118 @@ def test_a_forked_workers_output_reaches_the_log_and_java_holds_no_fifo_for_it(t
     assert any("[WARN ]" in line and line.endswith("talker: complaining on stderr") for line in lines)
     assert any(line.endswith("talker: a warning through logging") for line in lines)
     assert "Traceback" not in text and "Backend worker process died" not in text, text[-3000:]
+
+
+def _ask_as_java(socket_path: str, argv: list[str], cwd: str, fifo: bool = True) -> tuple[socket.socket, str]:
+    """A request as java/TemplateProcess.java sends it (no descriptors attached); the connection and the answer."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(20)
+    conn.connect(socket_path)
+    request = {"argv": argv, "env": dict(os.environ), "cwd": cwd, **({"streams": "fifo"} if fifo else {})}
+    data = json.dumps(request).encode()
+    conn.sendall(len(data).to_bytes(4, "big") + data)
+    answer = b""
+    while not answer.endswith(b"\n"):
+        chunk = conn.recv(1)
+        if not chunk:
+            break
+        answer += chunk
+    return conn, answer.decode().strip()
+
+
+def _open_in_time(path: str, seconds: float = 5.0):
+    """Open ``path`` for reading as Java does (blocking), in a thread: the file, or the error; never a hang."""
+    found: list = []
+    opener = threading.Thread(target=lambda: found.append(_try_open(path)), daemon=True)
+    opener.start()
+    opener.join(seconds)
+    assert found, f"opening {path} for reading blocked for {seconds} s"
+    return found[0]
+
+
+def _read_to_end(stream, seconds: float = 10.0) -> None:
+    done = threading.Event()
+    threading.Thread(target=lambda: (stream.read(), done.set()), daemon=True).start()
+    assert done.wait(seconds), f"no end of {stream.name} within {seconds} s"
+
+
+def _try_open(path: str):
+    try:
+        return open(path, "rb")  # noqa: SIM115 - closed by the caller
+    except OSError as exc:
+        return exc
+
+
+def test_java_asks_the_template_for_fifos_and_no_open_ever_waits(tmp_path):
+    """The template's side of java/TemplateProcess.java: FIFOs for a server's output, read to their end;
+    a server that dies at once leaves Java nothing to wait on; a request with neither descriptors nor FIFOs
+    is refused; the streams folder is empty afterwards."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    _, template_env = forking.install(str(run_dir))
+    socket_path = template_env[forking.SOCKET_ENV]
+    streams = os.path.join(os.path.dirname(socket_path), template_module.STREAMS)
+    template = subprocess.Popen([sys.executable, "-m", "torch_mme.runtime.template", socket_path])
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(socket_path):
+            assert template.poll() is None and time.monotonic() < deadline, "the template did not start"
+            time.sleep(0.05)
+        write_torchscript(tmp_path / "fast" / "model")
+        worker = template_module.mms_worker_script()
+        args = [
+            worker,
+            *("--sock-type", "unix", "--sock-name", str(run_dir / "worker.sock"), "--handler", "handler.entry:handle"),
+            *("--model-path", str(tmp_path / "fast" / "model"), "--model-name", "fast", "--preload-model", "false"),
+            *("--tmp-dir", str(run_dir)),
+        ]
+        conn, answer = _ask_as_java(socket_path, args, str(tmp_path))
+        word, pid, name = answer.split()
+        assert word == "pid" and re.fullmatch(r"[0-9a-f]{16}", name), answer
+        out = _open_in_time(os.path.join(streams, f"{name}-stdout"))
+        err = _open_in_time(os.path.join(streams, f"{name}-stderr"))
+        assert not isinstance(out, Exception) and not isinstance(err, Exception), (out, err)
+        conn.sendall(b"opened\n")
+        lines = []
+        while not any("MMS worker started." in line for line in lines):
+            line = out.readline().decode()
+            assert line, f"the server's stdout ended early: {lines}"
+            lines.append(line)
+        deadline = time.monotonic() + 10
+        while os.listdir(streams):  # removed once Java said it opened them
+            assert time.monotonic() < deadline, os.listdir(streams)
+            time.sleep(0.05)
+        conn.close()  # as Java's destroy: the template kills the server's group
+        _read_to_end(out)  # the end comes with the server's
+        _read_to_end(err)
+        out.close()
+        err.close()
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(int(pid)).wait(10)
+
+        # a server that exits at once (MMS's argument parser refuses): whenever Java opens, it never waits
+        conn, answer = _ask_as_java(socket_path, [worker, "--no-such-option"], str(tmp_path))
+        word, pid, name = answer.split()
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(int(pid)).wait(10)
+        assert conn.makefile("r").readline().strip().startswith("exit "), "the template did not report the exit"
+        for suffix in ("-stdout", "-stderr"):
+            opened = _open_in_time(os.path.join(streams, name + suffix))
+            if not isinstance(opened, Exception):  # opened before the template removed it: read to its end
+                _read_to_end(opened)
+                opened.close()
+        conn.close()
+        assert os.listdir(streams) == []
+
+        conn, answer = _ask_as_java(socket_path, args, str(tmp_path), fifo=False)  # no streams at all
+        assert not answer.startswith("pid"), answer
+        conn.close()
+        assert template.poll() is None, "the template ended"
+    finally:
+        with contextlib.suppress(psutil.Error):
+            forked = psutil.Process(template.pid).children(recursive=True)
+            for process in forked:
+                process.kill()
+            psutil.wait_procs(forked, timeout=10)
+        template.kill()
+        template.wait(10)

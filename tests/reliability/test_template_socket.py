@@ -23,17 +23,22 @@ from tests.reliability.conftest import record, start_server, stop_server
 from torch_mme.runtime import processes
 
 CLIENT = '''
-def ask_template(path, argv, cwd="/"):
-    """One request as the launcher sends it; the template's first answer line ('' when it hangs up)."""
+def ask_template(path, argv, cwd="/", fifo=False):
+    """One request as the launcher sends it (or as MMS's Java does: ``fifo``, no descriptors attached); the
+    template's first answer line ('' when it hangs up)."""
     import array, json, os, socket, struct
 
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.settimeout(20)
     try:
         conn.connect(path)
-        request = json.dumps({"argv": argv, "env": dict(os.environ), "cwd": cwd}).encode()
+        request = {"argv": argv, "env": dict(os.environ), "cwd": cwd}
+        if fifo:
+            request["streams"] = "fifo"
+        data = json.dumps(request).encode()
+        head = [struct.pack("!I", len(data)), data]
         fds = array.array("i", [0, 1, 2])
-        conn.sendmsg([struct.pack("!I", len(request)), request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+        conn.sendmsg(head, [] if fifo else [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
         return conn.makefile("r").readline().strip()
     except OSError as exc:
         return f"error: {exc}"
@@ -51,7 +56,11 @@ SCRIPTS = @SCRIPTS@
 
 def model_fn(model_dir):
     path = os.environ["TORCH_MME_TEMPLATE_SOCKET"]  # a model process sees it: the launcher passes its environment
-    return {name: ask_template(path, [script, "--model-name", "x"]) for name, script in SCRIPTS.items()}
+    return {
+        name + kind: ask_template(path, [script, "--model-name", "x"], fifo=bool(kind))
+        for name, script in SCRIPTS.items()
+        for kind in ("", " (fifo)")
+    }
 
 
 def predict_fn(data, model):
@@ -110,7 +119,11 @@ def test_the_socket_is_in_a_private_folder(world):
 
 def test_a_process_outside_the_server_is_refused(world):
     path = template_socket(world["server"])
-    answers = {name: ask_template(path, [script, "--model-name", "x"]) for name, script in world["scripts"].items()}
+    answers = {
+        name + kind: ask_template(path, [script, "--model-name", "x"], fifo=bool(kind))
+        for name, script in world["scripts"].items()
+        for kind in ("", " (fifo)")
+    }
     record("template socket: outside process", requests=len(answers))
     assert all(not answer.startswith("pid") for answer in answers.values()), answers
     assert not world["canary"].exists(), world["canary"].read_text()
@@ -125,7 +138,7 @@ def test_a_model_process_asking_for_another_script_is_refused(world):
     assert status == 200, answer
     answers = json.loads(answer)
     record("template socket: model process", requests=len(answers))
-    assert set(answers) == set(world["scripts"])
+    assert set(answers) == {name + kind for name in world["scripts"] for kind in ("", " (fifo)")}
     assert all(not a.startswith("pid") for a in answers.values()), answers
     assert not world["canary"].exists(), world["canary"].read_text()
     assert "is not MMS's worker" in world["log"].read_text()

@@ -41,10 +41,14 @@ def _batches(classes: dict[str, Path], *class_path: Path) -> dict[str, dict[str,
 
 
 def test_mms_java_compiles_every_class_of_the_java_folder(classes):
-    assert {s.name for s in mms_java.sources()} >= {"Model.java", "ModelResponseDecoder.java"}
-    for path in (mms_java.CLASS, mms_java.MODEL_CLASS):
+    assert {s.name for s in mms_java.sources()} >= {"Model.java", "ModelResponseDecoder.java", "WorkerLifeCycle.java"}
+    for path in (mms_java.CLASS, mms_java.MODEL_CLASS, *mms_java.LIFECYCLE_CLASSES):
         assert (classes["ours"] / path).is_file(), path
-    assert [mms_java.class_file(s) for s in mms_java.sources()] == [mms_java.MODEL_CLASS, mms_java.CLASS]
+    assert [mms_java.class_file(s) for s in mms_java.sources()] == [
+        mms_java.MODEL_CLASS,
+        mms_java.CLASS,
+        *mms_java.LIFECYCLE_CLASSES,
+    ]
 
 
 def test_a_lone_marked_job_is_sent_at_once_and_the_rest_is_mms_batching(classes):

@@ -1,7 +1,10 @@
 """Wiring the template into MMS: a launcher as MMS's "python", and a supervisor that keeps the template alive.
 
-MMS runs ``<python> model_service_worker.py ...`` per model, where ``<python>``
-is the interpreter of the ``multi-model-server`` script (``sys.executable``).
+MMS's Java, with torch-mme's classes (``mms_java``), asks the template for
+each model's server itself (``java/TemplateProcess.java``) and starts no
+process. Where it cannot (the template down, or MMS's own classes running),
+MMS runs ``<python> model_service_worker.py ...``, where ``<python>`` is the
+interpreter of the ``multi-model-server`` script (``sys.executable``).
 ``serve`` puts a ``multi-model-server`` of its own first on PATH that sets
 ``sys.executable`` to the launcher before starting MMS (``serve.write_mms_shim``).
 If the template dies, the launcher falls back to a fresh Python (today's slow

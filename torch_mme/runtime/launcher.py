@@ -1,4 +1,9 @@
-"""The "Python" MMS runs for each model: asks the template to fork the model's process.
+"""The "Python" MMS runs for a model when its Java cannot ask the template itself: asks the template to fork it.
+
+MMS's Java with torch-mme's classes asks the template directly
+(``java/TemplateProcess.java``); this launcher runs when that fails (the
+template is down: it then takes the slow path too) or when MMS's own classes
+run (no Java compiler), and for MMS's other scripts.
 
 MMS starts a model by running ``<python> model_service_worker.py --model-name
 N ...``; ``serve`` points MMS's python at a copy of this file. It sends its

@@ -1,11 +1,16 @@
 """torch-mme's changes to MMS's Java frontend: compiled once, found first on MMS's class path.
 
-Each ``java/*.java`` replaces the MMS 1.1.11 class of its name (its javadoc says why):
+Each ``java/*.java`` replaces the MMS 1.1.11 class of its name (its javadoc says why), or is new:
 
 - ``ModelResponseDecoder``: MMS throws when a worker's response arrives cut inside a status code or its
   header map, restarts the worker, and its requests fail with "Worker died.";
 - ``Model``: ``pollBatch`` sends a request at once, without waiting ``maxBatchDelay`` to fill a batch, when
-  the front marked it alone for its model (``handler/alone.py``) and nothing is queued behind it.
+  the front marked it alone for its model (``handler/alone.py``) and nothing is queued behind it;
+- ``WorkerLifeCycle`` with the new ``TemplateProcess``: a model's server is asked of the template directly
+  rather than started with ``Runtime.exec``, whose cost grows with every descriptor Java holds (a few per
+  resident model).
+
+They are compiled for Java 17 (``TemplateProcess`` uses Unix-domain socket channels, Java 16+).
 
 MMS's class path starts with "." (Java's working folder), so ``serve`` starts Java in a folder of the run
 folder that holds the compiled classes, and nothing of MMS is modified.
@@ -41,6 +46,11 @@ CLASS = Path("com/amazonaws/ml/mms/util/codec/ModelResponseDecoder.class")
 """The corrected response decoder's class file (relative to a classes folder)."""
 MODEL_CLASS = Path("com/amazonaws/ml/mms/wlm/Model.class")
 """The class whose ``pollBatch`` does not hold a request alone for its model."""
+LIFECYCLE_CLASSES = (
+    Path("com/amazonaws/ml/mms/wlm/TemplateProcess.class"),
+    Path("com/amazonaws/ml/mms/wlm/WorkerLifeCycle.class"),
+)
+"""The classes that ask the template for a model's server rather than starting a process."""
 COMPILE_TIMEOUT_S = 120
 COMPILER_FLAGS = ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-m", "jdk.compiler/com.sun.tools.javac.Main"]
 
@@ -108,7 +118,7 @@ def compiled_classes(java: str, into: Path | None = None) -> Path:
 
 
 def _compile(java: str, jar: Path, out: Path, expected: list[Path]) -> None:
-    command = [java, *COMPILER_FLAGS, "--release", "11", "-nowarn", "-cp", str(jar), "-d", str(out)]
+    command = [java, *COMPILER_FLAGS, "--release", "17", "-nowarn", "-cp", str(jar), "-d", str(out)]
     command += [str(source) for source in sources()]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
@@ -128,8 +138,9 @@ def working_dir(run_dir: str, java: str | None) -> str | None:
     except (OSError, RuntimeError) as exc:
         log.warning(
             "MMS runs with its own response decoder, which drops a worker when a response arrives cut at an "
-            "unlucky byte (about 1 request in 10,000 fails with 'Worker died.'), and its own batching, which "
-            "holds a request alone for its model for max_batch_delay_ms: %s",
+            "unlucky byte (about 1 request in 10,000 fails with 'Worker died.'), its own batching, which "
+            "holds a request alone for its model for max_batch_delay_ms, and starts a process for every "
+            "model it loads, slower as more are loaded (torch-mme's classes need Java 17): %s",
             exc,
         )
         return None

@@ -5,8 +5,9 @@ command line, and the worker it forks inherits it; that is how a model's
 processes are recognised.
 
 Finding them costs the same at 1,000 models as at 10: the template records,
-when it forks a model's server, the pids of the launcher MMS started and of
-that server in ``<run folder>/template/models/<name>`` (``recorded``); the
+when it forks a model's server, the pids of the launcher MMS started (the
+server's own when MMS's Java asked the template itself) and of that server in
+``<run folder>/template/models/<name>`` (``recorded``); the
 model's workers are the server's children, read from
 ``/proc/<pid>/task/<tid>/children``. Walking the whole tree and reading every
 command line (``model_processes``) is left for the slow path

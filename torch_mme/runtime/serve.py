@@ -76,8 +76,8 @@ def preflight(settings: Settings) -> socket.socket:
     java = mms_java.java_binary()
     if not java or not os.access(java, os.X_OK):
         raise ServeError(
-            "Java is not installed (no `java` on PATH or in JAVA_HOME): MMS needs a Java 11+ runtime, "
-            "e.g. `apt-get install -y openjdk-17-jre-headless`"
+            "Java is not installed (no `java` on PATH or in JAVA_HOME): MMS needs a Java 11+ runtime, 17 for "
+            "torch-mme's changes to it, e.g. `apt-get install -y openjdk-17-jre-headless`"
         )
     if not shutil.which("multi-model-server", path=_search_path()):
         raise ServeError("multi-model-server is not on PATH: install this package into the active environment")

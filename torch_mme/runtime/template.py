@@ -11,11 +11,22 @@ close; children reseed every random generator.
 Protocol (from ``torch_mme.runtime.launcher``): a length-prefixed JSON request
 ``{"argv", "env", "cwd"}`` with the launcher's fds 0-2 attached (SCM_RIGHTS);
 the template answers ``pid <n>`` and later ``exit <status>``. If the launcher
-goes away first (MMS killed it), the forked process group is killed.
+goes away first (MMS killed it), the forked process group is killed. MMS's
+Java asks directly (``java/TemplateProcess.java``: no process started per
+load), and cannot attach descriptors: its request says ``"streams": "fifo"``.
+The template makes two FIFOs in ``streams/`` beside its socket, opens each
+read-write (a "keeper": nobody's open of either end can block while it is
+held) and write-only (the server's stdout and stderr; stdin is /dev/null),
+forks, and answers ``pid <n> <name>``: Java opens ``streams/<name>-stdout``
+and ``-stderr`` for reading and writes ``opened``. Then, or when the server is
+reaped first, the FIFOs are removed and only then the keepers closed, so Java
+either opened them while a writer was there or finds no file (and falls back);
+its reads end when the server and its workers have exited.
 
 Bookkeeping: for each fork, the template writes ``{"launcher": <pid>,
 "server": <pid>}`` to ``models/<model name>`` next to its socket (the launcher's
-pid from ``SO_PEERCRED``), before answering the launcher, and removes it when it
+pid from ``SO_PEERCRED``; the server's again for Java, which watches the server
+itself), before answering, and removes it when it
 reaps that server: the front finds a model's processes from it without
 scanning the process tree (``torch_mme.runtime.processes.recorded``).
 
@@ -50,6 +61,8 @@ MAX_REQUEST = 4 * 2**20
 RECEIVE_TIMEOUT_S = 10.0
 RECORDS = "models"
 """The folder, next to the socket, of the per-model pid records (``torch_mme.runtime.processes.RECORDS``)."""
+STREAMS = "streams"
+"""The folder, next to the socket, of the FIFOs a server forked for Java writes its output to."""
 
 
 def preload() -> None:
@@ -116,7 +129,7 @@ def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
     try:
-        if len(header) != 4 or len(fds) != 3:
+        if len(header) != 4 or len(fds) not in (0, 3):
             raise ValueError("malformed request")
         (size,) = struct.unpack("!I", header)
         if size > MAX_REQUEST:
@@ -131,6 +144,8 @@ def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
             request = json.loads(payload)
         except RecursionError:  # a request nested thousands deep must not end the template
             raise ValueError("request nested too deeply") from None
+        if not fds and not (isinstance(request, dict) and request.get("streams") == "fifo"):
+            raise ValueError("no standard streams attached and no FIFOs asked for")
     except BaseException:
         for fd in fds:  # the descriptors it sent are ours now: close them
             os.close(fd)
@@ -209,7 +224,7 @@ def mms_worker_script() -> str:
     return os.path.realpath(mms.model_service_worker.__file__)
 
 
-def _become_model_process(request: dict, fds: list[int]) -> None:
+def _become_model_process(request: dict, fds: list[int], streams_dir: str | None = None) -> None:
     """In the forked child: take the launcher's streams, arguments, environment and folder, then run MMS's worker
     (``model_server``: MMS's script's main, from its module, the workers writing to these streams)."""
     import random
@@ -238,7 +253,12 @@ def _become_model_process(request: dict, fds: list[int]) -> None:
     torch.seed()
     from torch_mme.runtime import model_server
 
-    model_server.run()
+    model_server.run(streams_dir)
+
+
+def _argument(argv: list[str], option: str) -> str | None:
+    """The value after ``option`` in MMS's command line, or None."""
+    return argv[argv.index(option) + 1] if option in argv[:-1] else None
 
 
 def model_name(argv: list[str]) -> str | None:
@@ -252,6 +272,49 @@ def model_name(argv: list[str]) -> str | None:
     return name
 
 
+class _Fifos:
+    """The two FIFOs a server forked for Java writes to, named ``<name>-stdout`` and ``<name>-stderr``."""
+
+    def __init__(self, paths: tuple[str, str], keepers: list[int], writers: list[int]) -> None:
+        self.paths, self.keepers, self.writers = paths, keepers, writers
+        self.name = os.path.basename(paths[0]).removesuffix("-stdout")
+
+    @classmethod
+    def make(cls, folder: str) -> _Fifos:
+        """Both FIFOs, a keeper (read-write: no open of either end blocks while it is held) and a write end
+        for the server for each. The name is random: nothing can guess it before it exists."""
+        import secrets
+
+        name = secrets.token_hex(8)
+        paths = (os.path.join(folder, f"{name}-stdout"), os.path.join(folder, f"{name}-stderr"))
+        keepers: list[int] = []
+        writers: list[int] = []
+        try:
+            for path in paths:
+                os.mkfifo(path, 0o600)
+                keepers.append(os.open(path, os.O_RDWR))
+                writers.append(os.open(path, os.O_WRONLY))
+        except OSError:
+            for fd in keepers + writers:
+                os.close(fd)
+            for path in paths:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+            raise
+        return cls(paths, keepers, writers)
+
+    def release(self) -> None:
+        """Remove the FIFOs, then close the keepers: an open by path after this finds no file, never a FIFO
+        without a writer to wait on."""
+        for path in self.paths:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        for fd in self.keepers:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.keepers = []
+
+
 class Template:
     def __init__(self, path: str, owner: int | None = None) -> None:
         self.path = path
@@ -262,6 +325,9 @@ class Template:
         self.children: dict[int, socket.socket] = {}  # pid -> launcher connection
         self.records_dir = os.path.join(os.path.dirname(os.path.abspath(path)), RECORDS)
         self.records: dict[int, str] = {}  # pid -> its record's path
+        self.streams_dir = os.path.join(os.path.dirname(os.path.abspath(path)), STREAMS)
+        self.fifos: dict[int, _Fifos] = {}  # pid -> the FIFOs made for it (Java's requests) until Java opened them
+        self.tmp_dirs: dict[int, str | None] = {}  # pid -> MMS's --tmp-dir for it (its workers' links)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.wakeup_r, self.wakeup_w = os.pipe()
 
@@ -273,6 +339,10 @@ class Template:
         os.chmod(self.path, 0o600)
         self.listener.listen(64)
         os.makedirs(self.records_dir, mode=0o700, exist_ok=True)
+        os.makedirs(self.streams_dir, mode=0o700, exist_ok=True)
+        for name in os.listdir(self.streams_dir):  # a template before this one's: no reader can want them now
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(self.streams_dir, name))
         os.set_blocking(self.wakeup_w, False)
         signal.set_wakeup_fd(self.wakeup_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -287,7 +357,7 @@ class Template:
                     os.read(self.wakeup_r, 4096)
                     self._reap()
                 else:
-                    self._launcher_gone(key.fileobj)
+                    self._peer_spoke(key.fileobj, key.data)
 
     def _accept(self) -> None:
         conn, _ = self.listener.accept()
@@ -307,14 +377,30 @@ class Template:
                 os.close(fd)
             conn.close()
             return
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
+        fifos = None
+        try:
+            if not fds:  # Java's request: the server's output goes to two FIFOs Java opens
+                fifos = _Fifos.make(self.streams_dir)
+                fds = [os.open(os.devnull, os.O_RDONLY), *fifos.writers]
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+        except OSError as exc:  # no FIFOs, or no fork (memory): this load fails, the template serves on
+            print(f"torch-mme template: cannot fork for pid {peer[0]}: {exc}", file=sys.stderr, flush=True)
+            for fd in fds:
+                os.close(fd)
+            if fifos is not None:
+                fifos.release()
+            conn.close()
+            return
         if pid == 0:
             status = 1
             try:
                 self._close_inherited(conn)
-                _become_model_process(request, fds)
+                if fifos is not None:
+                    os.close(fifos.keepers[0])
+                    os.close(fifos.keepers[1])
+                _become_model_process(request, fds, self.streams_dir)
                 status = 0
             except SystemExit as exc:
                 status = exc.code if isinstance(exc.code, int) else 1
@@ -329,9 +415,34 @@ class Template:
         for fd in fds:
             os.close(fd)
         self.children[pid] = conn
-        self._record(request["argv"], peer[0], pid)
-        conn.sendall(f"pid {pid}\n".encode())
+        self.tmp_dirs[pid] = _argument(request["argv"], "--tmp-dir")
+        if fifos is None:
+            self._record(request["argv"], peer[0], pid)
+            answer = f"pid {pid}\n"
+        else:
+            self.fifos[pid] = fifos
+            self._record(request["argv"], pid, pid)  # Java watches the server itself: no launcher
+            answer = f"pid {pid} {fifos.name}\n"
         self.selector.register(conn, selectors.EVENT_READ, pid)
+        with contextlib.suppress(OSError):  # a peer gone already: its connection reads as ended next
+            conn.sendall(answer.encode())
+
+    def _remove_links(self, pid: int) -> None:
+        """The /dev/null links the reaped server's workers made in place of MMS's FIFOs (``model_server``)."""
+        from torch_mme.runtime import model_server
+
+        tmp_dir = self.tmp_dirs.pop(pid, None)
+        listing = model_server.links_file(self.streams_dir, pid)
+        if tmp_dir:
+            model_server.remove_links(listing, os.path.realpath(tmp_dir))
+        else:
+            with contextlib.suppress(OSError):
+                os.remove(listing)
+
+    def _release_fifos(self, pid: int) -> None:
+        fifos = self.fifos.pop(pid, None)
+        if fifos is not None:
+            fifos.release()
 
     def _record(self, argv: list[str], launcher: int, pid: int) -> None:
         """Write the model's pid record (atomically: a reader sees the old one or the new one)."""
@@ -362,6 +473,9 @@ class Template:
         signal.set_wakeup_fd(-1)
         for sock in [self.listener, conn, *self.children.values()]:
             sock.close()
+        for fifos in self.fifos.values():  # other servers' FIFOs that Java has not opened yet: a few at most
+            for fd in fifos.keepers:
+                os.close(fd)
         os.close(self.wakeup_r)
         os.close(self.wakeup_w)
         self.selector.close()
@@ -375,22 +489,24 @@ class Template:
             if pid == 0:
                 return
             self._forget(pid)
+            self._release_fifos(pid)
+            self._remove_links(pid)
             conn = self.children.pop(pid, None)
             if conn is not None:
                 code = os.waitstatus_to_exitcode(status)
                 self._send_and_close(conn, f"exit {code if code >= 0 else 128 - code}\n")
 
-    def _launcher_gone(self, conn: socket.socket) -> None:
-        """MMS killed the launcher (unload, timeout): the model's processes go with it."""
+    def _peer_spoke(self, conn: socket.socket, pid: int) -> None:
+        """Java opened its FIFOs (``opened``: they go), or the peer is gone: MMS killed the launcher or closed
+        Java's connection (unload, timeout), and the model's processes go with it."""
         try:
-            if conn.recv(1):
+            if conn.recv(64):
+                self._release_fifos(pid)
                 return
         except OSError:
             pass
-        pid = next((p for p, c in self.children.items() if c is conn), None)
-        if pid is not None:
-            with contextlib.suppress(OSError):
-                os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
         self.selector.unregister(conn)
         conn.close()
 

@@ -2,7 +2,7 @@
 
 MMS restarts a model's worker that dies (it reconnects to the model's Python
 server process, which forks a new one). But when the process MMS started for
-the model dies (killed, or lost with the launcher's template), MMS only
+the model dies (killed, or its template lost), MMS only
 retries connecting to a socket nobody listens on, with a growing back-off,
 and every request to that model waits in its queue until the timeout.
 
