@@ -132,16 +132,16 @@ def test_a_worker_killed_mid_request_errors_that_request_and_recovers(world):
 
 
 def test_a_model_whose_processes_all_die_is_restarted(world):
-    """The process MMS started for the model SIGKILLed (its forked server and worker go with it): MMS alone
-    would only retry a dead socket, queueing every request until the timeout; serve's watchdog restarts it."""
+    """Every process of the model SIGKILLed (its server, the process MMS watches for it, and its worker, one
+    process group): MMS alone would only retry a dead socket, queueing every request until the timeout;
+    serve's watchdog restarts it."""
     server = world["server"]
-    java = next(p for p in descendants(server.process.pid) if "com.amazonaws.ml.mms.ModelServer" in p.cmdline())
     with Stream(server.port, "bystander") as bystander:
         thread, result = _in_background(lambda: server.invoke("slow", b"[2.0]", "application/json"))
         time.sleep(0.7)
-        [victim] = [p for p in processes.model_processes(server.process.pid, "slow") if p.ppid() == java.pid]
+        [victim] = processes.started_for(server.process.pid, "slow")  # the top of the model's processes
         started = time.monotonic()
-        victim.send_signal(signal.SIGKILL)
+        os.killpg(victim.pid, signal.SIGKILL)  # the server leads the group its worker is in
         thread.join(TIMEOUT_S + 35)
         in_flight_s = time.monotonic() - started
         assert result, "the request in flight got no answer"
