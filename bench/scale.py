@@ -319,8 +319,8 @@ ROWS = (
 
 DENSITY_NOTES = """## What is private per model (measured step by step, one model's processes after one invoke)
 
-USS of a model's three processes (the launcher MMS started, the server the template forked, the worker
-MMS's server forks), from `/proc/<pid>/smaps`, MB = 10^6 bytes:
+USS of a model's processes (the launcher MMS started, until the `java-asks-template` run; the server the
+template forked; the worker MMS's server forks), from `/proc/<pid>/smaps`, MB = 10^6 bytes:
 
 | step | launcher | server | worker | total |
 |---|---:|---:|---:|---:|
@@ -330,6 +330,7 @@ MMS's server forks), from `/proc/<pid>/smaps`, MB = 10^6 bytes:
 | + launcher on built-in modules only (`posix`, `_socket`, `_signal`, its own JSON) | 3.19 | 3.89 | 6.72 | 13.8 |
 | worker script compiled once in the template (tried, not kept: 0.04 MB each) | 3.18 | 3.85 | 6.68 | 13.7 |
 | + the launcher execs `/bin/sh waiter.sh` once the fork is made (the `waiter` run) | 0.23 | 3.9 | 6.7 | 10.8 |
+| + MMS's Java asks the template itself: no launcher per model (the `java-asks-template` run) | | 3.9 | 7.2 | 11.1 |
 
 Preloaded: `numpy.random` (the children's reseed imported it), `multiprocessing.popen_fork`, `hmac`,
 `secrets`, `handler.model_config`.
@@ -347,6 +348,11 @@ neither process's USS. Tried: serving that connection in the server process itse
 MemAvailable -12.7 MiB a model, but not kept, because MMS recovers a worker that timed out or was
 killed by reconnecting to the server, which would then no longer listen. At 17.6 MiB a model, 1,000
 models need about 17 GiB beside serve's own.
+
+Since the `java-asks-template` run a model has no launcher (or waiter) process, and Java keeps no pipes
+for it and no reader threads for its worker's FIFOs (Java's threads at 1,000 models: 4,024, from 7,023):
+the host's available memory falls 16.4 MiB a model over 1,000 models, against 17.7 in the run before
+(the row above; others share this host, so it is approximate): about 16 GiB for 1,000 models.
 """
 
 
@@ -359,6 +365,9 @@ def markdown(runs: dict[str, dict[str, Any]]) -> str:
         for title, value, unit in ROWS:
             cells = [value(s) for s in stages]
             rows.append([title, *(f"{v:.2f} {unit}".strip() if isinstance(v, float) else str(v) for v in cells)])
+        added = [s["resident"] - p for s, p in zip(stages, [0, *(s["resident"] for s in stages)], strict=False)]
+        host = [(s["available_gib_before"] - s["available_gib"]) * 1024 / n for s, n in zip(stages, added, strict=True)]
+        rows.append(["host memory available, less per model added (MiB; a shared host)", *(f"{v:.1f}" for v in host)])
         section = [
             f"## {label}",
             "",
