@@ -1,16 +1,16 @@
 """``python -m bench [--quick] [--only NAME] [--out bench/results]``: run the benchmarks and write their results.
 
-Without ``--only`` every benchmark but the on-request ones runs, and ``latest.md`` (the peers comparison, then
-an index of the other results) is written too, next to the charts the peers benchmark draws. Every result
-is in its own ``<name>.json``.
+Without ``--only`` every benchmark but the on-request ones runs. Every result is in its own ``<name>.json``
+and ``<name>.md``; after any run ``latest.md`` (the peers comparison, then an index of every result with its
+date, commit and goals) is written again, next to the charts the peers benchmark draws.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from bench import (
     batching,
@@ -55,25 +55,38 @@ loads up to 1,000 models (~10 minutes, GBs of memory); endpoint_scale runs three
 10,000 models (~10 minutes)."""
 
 
-def write_latest(results: dict[str, dict[str, Any]], quick: bool, out_dir: Path) -> None:
-    """``latest.md``: the peers markdown and an index of this run's results."""
+def write_latest(out_dir: Path) -> None:
+    """``latest.md``: the peers comparison and an index of every result in ``out_dir``: when it was measured, at
+    which commit, and its goals met. Written after every run, ``--only`` too, so it is never older than the
+    results beside it."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    peers = (out_dir / "peers.md").read_text().rstrip("\n") if "peers" in results else "# benchmarks"
-    index = [f"[{name}]({name}.md): {result.get('wall_s', 0):.0f} s" for name, result in results.items()]
-    total = sum(r.get("wall_s", 0) for r in results.values())
-    text = "\n".join(
-        [
-            peers,
-            "",
-            "## Every benchmark of this run",
-            "",
-            *bullets(index),
-            "",
-            f"All together: {total:.0f} s ({'quick' if quick else 'full'} size).",
-            "",
-        ]
-    )
+    peers_md = out_dir / "peers.md"
+    head = peers_md.read_text().rstrip("\n") if peers_md.exists() else "# benchmarks"
+    index = [_index_line(path) for path in sorted(out_dir.glob("*.json"))]
+    text = "\n".join([head, "", "## Every benchmark's latest result", "", *bullets([i for i in index if i]), ""])
     (out_dir / "latest.md").write_text(text)
+
+
+def _index_line(path: Path) -> str | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    runs = data.get("runs")
+    if isinstance(runs, dict) and runs:  # one result per label (scale): the newest
+        data = max(runs.values(), key=lambda run: str(run.get("date_utc", "")))
+    goals = data.get("goals")
+    if isinstance(goals, dict):
+        met = f"; goals met: {sum(map(bool, goals.values()))} of {len(goals)}"
+    elif isinstance(goals, list):
+        met = f"; goals met: {sum(bool(g.get('pass')) for g in goals)} of {len(goals)}"
+    else:
+        met = ""
+    name = f"[{path.stem}]({path.stem}.md)" if path.with_suffix(".md").exists() else path.stem
+    if "date_utc" not in data:  # written by a test tier (reliability), not by a benchmark run
+        return f"{name}{met}"
+    wall = f", {data['wall_s']:.0f} s" if "wall_s" in data else ""
+    return f"{name}: {data['date_utc']}, commit `{data.get('git_commit', '?')}`{wall}{met}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             if name == "scale":
                 extra = {"label": args.label, "stages": args.stages, "keep_free_gib": args.keep_free_gib}
             results[name] = run(quick=args.quick, out_dir=args.out, **extra)
-    if args.only is None:
-        write_latest(results, args.quick, Path(args.out))
+    write_latest(Path(args.out))
     return 0
 
 
