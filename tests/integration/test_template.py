@@ -12,6 +12,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 
@@ -85,58 +87,73 @@ def test_mms_starts_no_process_for_a_model_and_notices_when_its_server_ends(tmp_
             time.sleep(0.5)
 
 
-def test_the_launcher_waits_as_a_small_shell_and_passes_signals_on(tmp_path):
-    """Where MMS's own Java runs (torch-mme's classes not compiled), MMS starts the launcher for each model,
-    which asks the template and then becomes waiter.sh: one per resident model, so its private memory is
-    paid a thousand times. It must still name the model, pass SIGTERM on to the model's server, and end
-    when the server ends. Run here as MMS would run it, against a template of this test's own."""
+@contextlib.contextmanager
+def own_template(tmp_path: Path) -> Iterator[tuple[str, str, Path, psutil.Process]]:
+    """A template of this test's own (the test process is its owner, as serve is): (the launcher serve would
+    write, the template's socket, the run folder, the template); it and all it forked are killed after."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     launcher, template_env = forking.install(str(run_dir))
     socket_path = template_env[forking.SOCKET_ENV]
     template = subprocess.Popen([sys.executable, "-m", "torch_mme.runtime.template", socket_path])
-    watched = None
     try:
         deadline = time.monotonic() + 60
         while not os.path.exists(socket_path):
             assert template.poll() is None and time.monotonic() < deadline, "the template did not start"
             time.sleep(0.05)
-        write_torchscript(tmp_path / "fast" / "model")
-        args = [
-            template_module.mms_worker_script(),
-            *("--sock-type", "unix", "--sock-name", str(run_dir / "worker.sock"), "--handler", "handler.entry:handle"),
-            *("--model-path", str(tmp_path / "fast" / "model"), "--model-name", "fast", "--preload-model", "false"),
-            *("--tmp-dir", str(run_dir)),
-        ]
-        env = {**os.environ, **template_env}
-        watched = subprocess.Popen(
-            [launcher, *args], env=env, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-        lines = []
-        for line in watched.stdout:  # the server's output comes through the launcher's own stdout, as MMS reads it
-            lines.append(line.decode(errors="replace"))
-            if "MMS worker started." in line.decode(errors="replace"):
-                break
-        assert any("MMS worker started." in line for line in lines), lines
-        assert not any("slow path" in line for line in lines), lines
-        process = psutil.Process(watched.pid)
-        command = process.cmdline()
-        assert command[0] == "/bin/sh" and command[1].endswith("waiter.sh") and "fast" in command, command
-        assert process.memory_full_info().uss < 2**20, process.memory_full_info()
-        [model] = [p for p in psutil.Process(template.pid).children() if processes.model_of(p) == "fast"]
-        process.send_signal(signal.SIGTERM)
-        gone, alive = psutil.wait_procs([model, process], timeout=10)
-        assert not alive, f"still running after SIGTERM to the launcher: {alive}"
+        yield launcher, socket_path, run_dir, psutil.Process(template.pid)
     finally:
         with contextlib.suppress(psutil.Error):
             forked = psutil.Process(template.pid).children(recursive=True)
             for process in forked:
                 process.kill()
             psutil.wait_procs(forked, timeout=10)
-        for child in (watched, template):
-            if child is not None and child.poll() is None:
-                child.kill()
-                child.wait(10)
+        template.kill()
+        template.wait(10)
+
+
+def worker_args(run_dir: Path, model_dir: Path, name: str) -> list[str]:
+    """MMS's command line for a model's server, less its python: the worker script and its arguments."""
+    return [
+        template_module.mms_worker_script(),
+        *("--sock-type", "unix", "--sock-name", str(run_dir / "worker.sock"), "--handler", "handler.entry:handle"),
+        *("--model-path", str(model_dir), "--model-name", name, "--preload-model", "false"),
+        *("--tmp-dir", str(run_dir)),
+    ]
+
+
+def test_the_launcher_waits_as_a_small_shell_and_passes_signals_on(tmp_path):
+    """Where MMS's own Java runs (torch-mme's classes not compiled), MMS starts the launcher for each model,
+    which asks the template and then becomes waiter.sh: one per resident model, so its private memory is
+    paid a thousand times. It must still name the model, pass SIGTERM on to the model's server, and end
+    when the server ends. Run here as MMS would run it, against a template of this test's own."""
+    write_torchscript(tmp_path / "fast" / "model")
+    with own_template(tmp_path) as (launcher, socket_path, run_dir, template):
+        env = {**os.environ, forking.SOCKET_ENV: socket_path}
+        args = worker_args(run_dir, tmp_path / "fast" / "model", "fast")
+        watched = subprocess.Popen(
+            [launcher, *args], env=env, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        try:
+            lines = []
+            for line in watched.stdout:  # the server's output comes through the launcher's stdout, as MMS reads it
+                lines.append(line.decode(errors="replace"))
+                if "MMS worker started." in lines[-1]:
+                    break
+            assert any("MMS worker started." in line for line in lines), lines
+            assert not any("slow path" in line for line in lines), lines
+            process = psutil.Process(watched.pid)
+            command = process.cmdline()
+            assert command[0] == "/bin/sh" and command[1].endswith("waiter.sh") and "fast" in command, command
+            assert process.memory_full_info().uss < 2**20, process.memory_full_info()
+            [model] = [p for p in template.children() if processes.model_of(p) == "fast"]
+            process.send_signal(signal.SIGTERM)
+            gone, alive = psutil.wait_procs([model, process], timeout=10)
+            assert not alive, f"still running after SIGTERM to the launcher: {alive}"
+        finally:
+            if watched.poll() is None:
+                watched.kill()
+                watched.wait(10)
 
 
 def test_two_models_forked_from_the_template_share_no_state(tmp_path):
@@ -291,25 +308,11 @@ def test_java_asks_the_template_for_fifos_and_no_open_ever_waits(tmp_path):
     """The template's side of java/TemplateProcess.java: FIFOs for a server's output, read to their end;
     a server that dies at once leaves Java nothing to wait on; a request with neither descriptors nor FIFOs
     is refused; the streams folder is empty afterwards."""
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    _, template_env = forking.install(str(run_dir))
-    socket_path = template_env[forking.SOCKET_ENV]
-    streams = os.path.join(os.path.dirname(socket_path), template_module.STREAMS)
-    template = subprocess.Popen([sys.executable, "-m", "torch_mme.runtime.template", socket_path])
-    try:
-        deadline = time.monotonic() + 60
-        while not os.path.exists(socket_path):
-            assert template.poll() is None and time.monotonic() < deadline, "the template did not start"
-            time.sleep(0.05)
-        write_torchscript(tmp_path / "fast" / "model")
+    write_torchscript(tmp_path / "fast" / "model")
+    with own_template(tmp_path) as (_, socket_path, run_dir, template):
+        streams = os.path.join(os.path.dirname(socket_path), template_module.STREAMS)
         worker = template_module.mms_worker_script()
-        args = [
-            worker,
-            *("--sock-type", "unix", "--sock-name", str(run_dir / "worker.sock"), "--handler", "handler.entry:handle"),
-            *("--model-path", str(tmp_path / "fast" / "model"), "--model-name", "fast", "--preload-model", "false"),
-            *("--tmp-dir", str(run_dir)),
-        ]
+        args = worker_args(run_dir, tmp_path / "fast" / "model", "fast")
         conn, answer = _ask_as_java(socket_path, args, str(tmp_path))
         word, pid, name = answer.split()
         assert word == "pid" and re.fullmatch(r"[0-9a-f]{16}", name), answer
@@ -351,12 +354,4 @@ def test_java_asks_the_template_for_fifos_and_no_open_ever_waits(tmp_path):
         conn, answer = _ask_as_java(socket_path, args, str(tmp_path), fifo=False)  # no streams at all
         assert not answer.startswith("pid"), answer
         conn.close()
-        assert template.poll() is None, "the template ended"
-    finally:
-        with contextlib.suppress(psutil.Error):
-            forked = psutil.Process(template.pid).children(recursive=True)
-            for process in forked:
-                process.kill()
-            psutil.wait_procs(forked, timeout=10)
-        template.kill()
-        template.wait(10)
+        assert template.is_running(), "the template ended"
