@@ -351,6 +351,37 @@ def test_java_asks_the_template_for_fifos_and_no_open_ever_waits(tmp_path):
         conn.close()
         assert os.listdir(streams) == []
 
+        # A's FIFOs not opened yet when B is forked: B must not hold A's keepers, or A's end would never come
+        conn_a, answer_a = _ask_as_java(socket_path, args, str(tmp_path))
+        conn_b, answer_b = _ask_as_java(socket_path, worker_args(run_dir, tmp_path / "fast" / "model", "b"), "/")
+        _, pid_a, name_a = answer_a.split()
+        a_out = _open_in_time(os.path.join(streams, f"{name_a}-stdout"))
+        a_err = _open_in_time(os.path.join(streams, f"{name_a}-stderr"))
+        conn_a.sendall(b"opened\n")
+        os.killpg(int(pid_a), signal.SIGKILL)
+        _read_to_end(a_out)
+        _read_to_end(a_err)
+        assert psutil.pid_exists(int(answer_b.split()[1])), "B died with A"
+        for stream in (a_out, a_err, conn_a, conn_b):
+            stream.close()
+
+        # the server dies while the template is stopped (busy, say): Java's open still finds a writer, then the end
+        conn, answer = _ask_as_java(socket_path, args, str(tmp_path))
+        _, pid, name = answer.split()
+        template.suspend()
+        try:
+            os.killpg(int(pid), signal.SIGKILL)
+            out = _open_in_time(os.path.join(streams, f"{name}-stdout"))
+            err = _open_in_time(os.path.join(streams, f"{name}-stderr"))
+        finally:
+            template.resume()
+        assert not isinstance(out, Exception) and not isinstance(err, Exception), (out, err)
+        conn.sendall(b"opened\n")
+        _read_to_end(out)
+        _read_to_end(err)
+        for stream in (out, err, conn):
+            stream.close()
+
         conn, answer = _ask_as_java(socket_path, args, str(tmp_path), fifo=False)  # no streams at all
         assert not answer.startswith("pid"), answer
         conn.close()

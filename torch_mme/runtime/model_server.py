@@ -29,6 +29,7 @@ import contextlib
 import logging
 import os
 import socket
+import stat
 import sys
 
 from mms import model_service_worker
@@ -52,16 +53,18 @@ def remove_links(listing: str, tmp_dir: str) -> None:
     """Remove the links a reaped server's workers listed, and the list: only links to /dev/null named as
     MMS names a worker's streams, directly in the server's own tmp folder (model code could write the list)."""
     try:
-        with open(listing) as f:
-            paths = f.read().split("\n")
+        fd = os.open(listing, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # never a FIFO's wait, nor a device
+        try:
+            data = os.read(fd, 2**20) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+        finally:
+            os.close(fd)
         os.remove(listing)
     except OSError:
         return
-    for path in paths:
-        if not path.endswith(IO_SUFFIXES) or os.path.realpath(os.path.dirname(path)) != tmp_dir:
-            continue
-        with contextlib.suppress(OSError):
-            if os.readlink(path) == os.devnull:
+    for path in data.decode(errors="replace").split("\n"):
+        with contextlib.suppress(OSError, ValueError):  # ValueError: a NUL in the path
+            ours = path.endswith(IO_SUFFIXES) and os.path.realpath(os.path.dirname(path)) == tmp_dir
+            if ours and os.readlink(path) == os.devnull:
                 os.remove(path)
 
 

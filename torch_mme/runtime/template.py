@@ -51,6 +51,7 @@ import os
 import selectors
 import signal
 import socket
+import stat as stat_module
 import struct
 import sys
 import traceback
@@ -182,13 +183,12 @@ def is_descendant(pid: int, ancestor: int) -> bool:
 
 def check_private_folder(folder: str) -> None:
     """Refuse to listen in a folder that is a symlink, not this user's, or open to others (mode & 0o077)."""
-    import stat
-
     info = os.lstat(folder)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or stat.S_IMODE(info.st_mode) & 0o077:
+    mode = info.st_mode
+    if not stat_module.S_ISDIR(mode) or info.st_uid != os.geteuid() or stat_module.S_IMODE(mode) & 0o077:
         raise SystemExit(
             f"torch-mme template: {folder} must be a folder (not a symlink) of uid {os.geteuid()} with mode 0700; "
-            f"it has uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o}"
+            f"it has uid {info.st_uid}, mode {stat_module.S_IMODE(info.st_mode):04o}"
         )
 
 
@@ -340,9 +340,12 @@ class Template:
         self.listener.listen(64)
         os.makedirs(self.records_dir, mode=0o700, exist_ok=True)
         os.makedirs(self.streams_dir, mode=0o700, exist_ok=True)
-        for name in os.listdir(self.streams_dir):  # a template before this one's: no reader can want them now
+        for name in os.listdir(self.streams_dir):  # a template before this one's
+            path = os.path.join(self.streams_dir, name)
+            with contextlib.suppress(OSError):  # a Java still opening one of them gets a writer, then the end
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW))
             with contextlib.suppress(OSError):
-                os.remove(os.path.join(self.streams_dir, name))
+                os.remove(path)
         os.set_blocking(self.wakeup_w, False)
         signal.set_wakeup_fd(self.wakeup_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -360,7 +363,11 @@ class Template:
                     self._peer_spoke(key.fileobj, key.data)
 
     def _accept(self) -> None:
-        conn, _ = self.listener.accept()
+        try:
+            conn, _ = self.listener.accept()
+        except OSError as exc:  # out of descriptors, say: this load fails, the template serves on
+            print(f"torch-mme template: cannot accept a connection: {exc}", file=sys.stderr, flush=True)
+            return
         peer = (0, -1, -1)
         fds: list[int] = []
         try:
@@ -380,8 +387,9 @@ class Template:
         fifos = None
         try:
             if not fds:  # Java's request: the server's output goes to two FIFOs Java opens
+                fds = [os.open(os.devnull, os.O_RDONLY)]
                 fifos = _Fifos.make(self.streams_dir)
-                fds = [os.open(os.devnull, os.O_RDONLY), *fifos.writers]
+                fds += fifos.writers
             sys.stdout.flush()
             sys.stderr.flush()
             pid = os.fork()
@@ -465,8 +473,8 @@ class Template:
         path = self.records.pop(pid, None)
         if path is None:
             return
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError), open(path) as f:
-            if json.load(f)["server"] == pid:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            if json.loads(_read_small(path))["server"] == pid:
                 os.remove(path)
 
     def _close_inherited(self, conn: socket.socket) -> None:
@@ -499,6 +507,8 @@ class Template:
     def _peer_spoke(self, conn: socket.socket, pid: int) -> None:
         """Java opened its FIFOs (``opened``: they go), or the peer is gone: MMS killed the launcher or closed
         Java's connection (unload, timeout), and the model's processes go with it."""
+        if self.children.get(pid) is not conn:  # reaped in this same round of events: closed already
+            return
         try:
             if conn.recv(64):
                 self._release_fifos(pid)
@@ -507,7 +517,8 @@ class Template:
             pass
         with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGKILL)
-        self.selector.unregister(conn)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(conn)
         conn.close()
 
     def _send_and_close(self, conn: socket.socket, message: str) -> None:
@@ -518,8 +529,31 @@ class Template:
         conn.close()
 
 
+def _read_small(path: str, limit: int = 2**20) -> bytes:
+    """A regular file's first ``limit`` bytes, never blocking: the records and lists live where a model's own
+    code could put a FIFO or a link to a device in their place."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat_module.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def _raise_descriptor_limit() -> None:
+    """The template holds a connection per resident model: the soft limit (often 1,024) raised to the hard one."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main() -> None:
     path = sys.argv[1]
+    _raise_descriptor_limit()
     preload()
     Template(path).serve()
 

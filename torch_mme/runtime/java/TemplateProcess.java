@@ -85,6 +85,7 @@ final class TemplateProcess extends Process {
         }
         SocketChannel channel = null;
         InputStream out = null;
+        InputStream err = null;
         ScheduledFuture<?> timeout = null;
         try {
             channel = SocketChannel.open(StandardProtocolFamily.UNIX);
@@ -105,19 +106,23 @@ final class TemplateProcess extends Process {
             long pid = Long.parseLong(answer[1]);
             Path streams = Paths.get(path).toAbsolutePath().getParent().resolve("streams");
             out = new FileInputStream(streams.resolve(answer[2] + "-stdout").toFile());
-            InputStream err = new FileInputStream(streams.resolve(answer[2] + "-stderr").toFile());
+            err = new FileInputStream(streams.resolve(answer[2] + "-stderr").toFile());
             ByteBuffer opened = ByteBuffer.wrap("opened\n".getBytes(StandardCharsets.US_ASCII));
             while (opened.hasRemaining()) {
                 channel.write(opened);
             }
-            timeout.cancel(false);
+            if (!timeout.cancel(false)) { // the timer has closed the connection, or is closing it now
+                throw new IOException("no answer within " + ANSWER_TIMEOUT_MS + " ms");
+            }
             return new TemplateProcess(channel, pid, out, err);
         } catch (ClosedByInterruptException e) {
             close(out);
+            close(err);
             throw new InterruptedException("interrupted asking the template for a model's server");
         } catch (IOException | RuntimeException e) {
             logger.warn("torch-mme template at {} unavailable ({}); starting the model's process", path, e.toString());
             close(out);
+            close(err);
             close(channel);
             return null;
         } finally {
