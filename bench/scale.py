@@ -351,7 +351,7 @@ models need about 17 GiB beside serve's own.
 
 Since the `java-asks-template` run a model has no launcher (or waiter) process, and Java keeps no pipes
 for it and no reader threads for its worker's FIFOs (Java's threads at 1,000 models: 4,024, from 7,023):
-the host's available memory falls 16.4 MiB a model over 1,000 models, against 17.7 in the run before
+the host's available memory falls 16.3 MiB a model over 1,000 models, against 17.7 in the run before
 (the row above; others share this host, so it is approximate): about 16 GiB for 1,000 models.
 """
 
