@@ -337,19 +337,30 @@ def test_java_asks_the_template_for_fifos_and_no_open_ever_waits(tmp_path):
         with contextlib.suppress(psutil.NoSuchProcess):
             psutil.Process(int(pid)).wait(10)
 
-        # a server that exits at once (MMS's argument parser refuses): whenever Java opens, it never waits
+        # a server that ends at once (MMS's argument parser refuses), reaped before Java opens its output: the
+        # open does not wait, and Java reads why it ended
         conn, answer = _ask_as_java(socket_path, [worker, "--no-such-option"], str(tmp_path))
         word, pid, name = answer.split()
         with contextlib.suppress(psutil.Error):
             psutil.Process(int(pid)).wait(10)
-        assert conn.makefile("r").readline().strip().startswith("exit "), "the template did not report the exit"
-        for suffix in ("-stdout", "-stderr"):
-            opened = _open_in_time(os.path.join(streams, name + suffix))
-            if not isinstance(opened, Exception):  # opened before the template removed it: read to its end
-                _read_to_end(opened)
-                opened.close()
-        conn.close()
-        assert os.listdir(streams) == []
+        assert conn.makefile("r").readline().strip() == "exit 2", "the template did not report the exit"
+        out = _open_in_time(os.path.join(streams, f"{name}-stdout"))
+        err = _open_in_time(os.path.join(streams, f"{name}-stderr"))
+        assert not isinstance(out, Exception) and not isinstance(err, Exception), (out, err)
+        conn.sendall(b"opened\n")
+        said = []
+        threading.Thread(target=lambda: said.append(out.read() + err.read()), daemon=True).start()
+        deadline = time.monotonic() + 10
+        while not said:
+            assert time.monotonic() < deadline, "no end of the ended server's output"
+            time.sleep(0.05)
+        assert b"--no-such-option" in said[0], said[0][-500:]
+        for stream in (out, err, conn):
+            stream.close()
+        deadline = time.monotonic() + 10
+        while os.listdir(streams):
+            assert time.monotonic() < deadline, os.listdir(streams)
+            time.sleep(0.05)
 
         # A's FIFOs not opened yet when B is forked: B must not hold A's keepers, or A's end would never come
         conn_a, answer_a = _ask_as_java(socket_path, args, str(tmp_path))

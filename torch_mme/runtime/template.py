@@ -18,10 +18,11 @@ The template makes two FIFOs in ``streams/`` beside its socket, opens each
 read-write (a "keeper": nobody's open of either end can block while it is
 held) and write-only (the server's stdout and stderr; stdin is /dev/null),
 forks, and answers ``pid <n> <name>``: Java opens ``streams/<name>-stdout``
-and ``-stderr`` for reading and writes ``opened``. Then, or when the server is
-reaped first, the FIFOs are removed and only then the keepers closed, so Java
-either opened them while a writer was there or finds no file (and falls back);
-its reads end when the server and its workers have exited.
+and ``-stderr`` for reading and writes ``opened``. Then (or when Java hangs up)
+the FIFOs are removed and only then the keepers closed, so an open by path
+finds a writer or no file, never waits; Java's reads end when the server and
+its workers have exited. A server reaped before Java opened them keeps them
+until then, so Java reads why it ended.
 
 Bookkeeping: for each fork, the template writes ``{"launcher": <pid>,
 "server": <pid>}`` to ``models/<model name>`` next to its socket (the launcher's
@@ -328,6 +329,7 @@ class Template:
         self.streams_dir = os.path.join(os.path.dirname(os.path.abspath(path)), STREAMS)
         self.fifos: dict[int, _Fifos] = {}  # pid -> the FIFOs made for it (Java's requests) until Java opened them
         self.tmp_dirs: dict[int, str | None] = {}  # pid -> MMS's --tmp-dir for it (its workers' links)
+        self.ending: dict[int, socket.socket] = {}  # reaped before Java opened its FIFOs -> Java's connection
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.wakeup_r, self.wakeup_w = os.pipe()
 
@@ -479,7 +481,7 @@ class Template:
 
     def _close_inherited(self, conn: socket.socket) -> None:
         signal.set_wakeup_fd(-1)
-        for sock in [self.listener, conn, *self.children.values()]:
+        for sock in [self.listener, conn, *self.children.values(), *self.ending.values()]:
             sock.close()
         for fifos in self.fifos.values():  # other servers' FIFOs that Java has not opened yet: a few at most
             for fd in fifos.keepers:
@@ -497,16 +499,31 @@ class Template:
             if pid == 0:
                 return
             self._forget(pid)
-            self._release_fifos(pid)
             self._remove_links(pid)
             conn = self.children.pop(pid, None)
+            code = os.waitstatus_to_exitcode(status)
+            exit_line = f"exit {code if code >= 0 else 128 - code}\n"
+            if conn is not None and pid in self.fifos:
+                # Java has not opened the server's output yet: it still may, and read why it ended; the FIFOs
+                # and the connection stay until it says so or hangs up
+                with contextlib.suppress(OSError):
+                    conn.sendall(exit_line.encode())
+                self.ending[pid] = conn
+                continue
+            self._release_fifos(pid)
             if conn is not None:
-                code = os.waitstatus_to_exitcode(status)
-                self._send_and_close(conn, f"exit {code if code >= 0 else 128 - code}\n")
+                self._send_and_close(conn, exit_line)
 
     def _peer_spoke(self, conn: socket.socket, pid: int) -> None:
         """Java opened its FIFOs (``opened``: they go), or the peer is gone: MMS killed the launcher or closed
         Java's connection (unload, timeout), and the model's processes go with it."""
+        if self.ending.get(pid) is conn:  # its server was reaped before Java opened its output: now it has
+            del self.ending[pid]
+            self._release_fifos(pid)
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(conn)
+            conn.close()
+            return
         if self.children.get(pid) is not conn:  # reaped in this same round of events: closed already
             return
         try:
