@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 
 
 def is_inside(path: str, root: str) -> bool:
@@ -19,3 +20,15 @@ def format_size(size: float) -> str:
         if size >= scale:
             return f"{size / scale:.1f} {unit}"
     return f"{size:.0f} B"
+
+
+def read_regular_file(path: str, limit: int = 2**20) -> bytes:
+    """A regular file's first ``limit`` bytes, never blocking and never following a link: for files in places
+    where a model's own code could put a FIFO (an open would wait for a writer) or a link to a device."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)

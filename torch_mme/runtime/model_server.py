@@ -29,12 +29,13 @@ import contextlib
 import logging
 import os
 import socket
-import stat
 import sys
 
 from mms import model_service_worker
 from mms.arg_parser import ArgParser
 from mms.model_service_worker import SOCKET_ACCEPT_TIMEOUT, MXNetModelServiceWorker
+
+from torch_mme.common import read_regular_file
 
 DISCONNECTED = "Frontend disconnected"
 """What MMS's protocol raises (``ValueError``) when Java closes a worker's connection."""
@@ -53,13 +54,9 @@ def remove_links(listing: str, tmp_dir: str) -> None:
     """Remove the links a reaped server's workers listed, and the list: only links to /dev/null named as
     MMS names a worker's streams, directly in the server's own tmp folder (model code could write the list)."""
     try:
-        fd = os.open(listing, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # never a FIFO's wait, nor a device
-        try:
-            data = os.read(fd, 2**20) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
-        finally:
-            os.close(fd)
+        data = read_regular_file(listing)
         os.remove(listing)
-    except OSError:
+    except OSError:  # none, or not a regular file: a model's code put it there, and it is left as it is
         return
     for path in data.decode(errors="replace").split("\n"):
         with contextlib.suppress(OSError, ValueError):  # ValueError: a NUL in the path

@@ -57,6 +57,7 @@ import struct
 import sys
 import traceback
 
+from torch_mme.common import read_regular_file
 from torch_mme.settings import OMP_NUM_THREADS
 
 MAX_REQUEST = 4 * 2**20
@@ -264,9 +265,9 @@ def _argument(argv: list[str], option: str) -> str | None:
 
 def model_name(argv: list[str]) -> str | None:
     """The ``--model-name`` MMS passed, when it is one a file may be named after (the front's model names are)."""
-    if "--model-name" not in argv[:-1]:
+    name = _argument(argv, "--model-name")
+    if name is None:
         return None
-    name = argv[argv.index("--model-name") + 1]
     allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
     if not name or len(name) > 255 or name[0] in ".-" or not set(name) <= allowed:
         return None
@@ -476,7 +477,7 @@ class Template:
         if path is None:
             return
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            if json.loads(_read_small(path))["server"] == pid:
+            if json.loads(read_regular_file(path))["server"] == pid:
                 os.remove(path)
 
     def _close_inherited(self, conn: socket.socket) -> None:
@@ -544,18 +545,6 @@ class Template:
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(conn)
         conn.close()
-
-
-def _read_small(path: str, limit: int = 2**20) -> bytes:
-    """A regular file's first ``limit`` bytes, never blocking: the records and lists live where a model's own
-    code could put a FIFO or a link to a device in their place."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        if not stat_module.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{path} is not a regular file")
-        return os.read(fd, limit)
-    finally:
-        os.close(fd)
 
 
 def _raise_descriptor_limit() -> None:
